@@ -1,0 +1,133 @@
+"""Hyper-parameter handling shared by layers, losses and optimizers.
+
+A component's hyper-parameters are its constructor arguments, stored under the
+same attribute names; that single convention lets ``get_config`` read them back
+and lets validation errors name the component and the key at fault.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+DTYPES = ("float32", "float64")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Configurable:
+    """Mixin: ``get_config`` / ``from_config`` from the constructor signature."""
+
+    name: str = ""
+    #: constructor arguments left out of the config (they are not hyper-parameters)
+    _not_config: tuple[str, ...] = ("label",)
+
+    @classmethod
+    def config_keys(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in list(sig.parameters.values())[1:]
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in cls._not_config
+        ]
+
+    def get_config(self) -> dict[str, Any]:
+        """The hyper-parameters as plain JSON data; ``from_config`` rebuilds the object."""
+        return {key: _json_value(getattr(self, key)) for key in self.config_keys()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **extra: Any) -> Any:
+        return construct(cls, {**config, **extra})
+
+
+def construct(cls: type, config: dict[str, Any]) -> Any:
+    """Instantiate ``cls(**config)``, turning an unknown key into a ConfigError that lists
+    the valid ones instead of a bare TypeError."""
+    keys = cls.config_keys() if hasattr(cls, "config_keys") else []
+    allowed = set(keys) | set(getattr(cls, "_not_config", ()))
+    unknown = sorted(set(config) - allowed)
+    kind = getattr(cls, "kind", "component")
+    if unknown:
+        raise ConfigError(
+            f"{kind} {cls.name!r}: unknown config key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(keys) or '(none)'}"
+        )
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise ConfigError(f"{kind} {cls.name!r}: {exc}") from None
+
+
+def check_dtype(owner: str, dtype: Any) -> str:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ConfigError(f"{owner}: dtype must be one of {DTYPES}, got {dtype!r}")
+    return name
+
+
+def positive_int(owner: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{owner}: {key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(owner: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ConfigError(f"{owner}: {key} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def number(owner: str, key: str, value: Any, *, low: float | None = None,
+           high: float | None = None, low_open: bool = False) -> float:
+    """A real number within [low, high] (or (low, high] when ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ConfigError(f"{owner}: {key} must be a finite number, got {value!r}")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise ConfigError(f"{owner}: {key} must be {bound}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{owner}: {key} must be <= {high}, got {value!r}")
+    return value
+
+
+def choice(owner: str, key: str, value: Any, options: Sequence[Any]) -> Any:
+    if value not in options:
+        raise ConfigError(f"{owner}: {key} must be one of {list(options)}, got {value!r}")
+    return value
+
+
+def int_tuple(owner: str, key: str, value: Any, length: int | None = None, *,
+              allow_zero: bool = False) -> tuple[int, ...]:
+    """An int or a sequence of ints (an int is repeated ``length`` times)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if length is None:
+            raise ConfigError(f"{owner}: {key} must be a list of integers, got {value!r}")
+        value = (int(value),) * length
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        raise ConfigError(f"{owner}: {key} must be an integer or a list of integers, got {value!r}")
+    if length is not None and len(value) != length:
+        raise ConfigError(f"{owner}: {key} must have {length} entries, got {list(value)!r}")
+    floor = 0 if allow_zero else 1
+    if any(v < floor for v in value):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{owner}: {key} entries must be {kind}, got {list(value)!r}")
+    return tuple(int(v) for v in value)

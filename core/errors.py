@@ -1,0 +1,44 @@
+"""Error types: every bad input raises a subclass of DeltapropError with a message
+that names the thing at fault, so the CLI can print one line and exit."""
+
+from __future__ import annotations
+
+
+class DeltapropError(Exception):
+    """Base of every error deltaprop raises for bad input."""
+
+
+class ConfigError(DeltapropError, ValueError):
+    """A layer, loss or optimizer was given an unknown key or a bad value."""
+
+
+class ShapeError(DeltapropError, ValueError):
+    """Arrays or symbolic shapes that do not fit a layer or a network."""
+
+
+class GraphError(DeltapropError, ValueError):
+    """A network whose graph is malformed: a cycle, an unconnected output, duplicate names."""
+
+
+class RegistryError(DeltapropError, LookupError):
+    """An unknown registry name, or two providers of one name."""
+
+
+class PluginError(DeltapropError):
+    """A plugin failed to import or its hook raised (raised only in strict mode)."""
+
+
+class SpecError(DeltapropError, ValueError):
+    """A malformed network spec file or dict."""
+
+
+class ModelFileError(DeltapropError, ValueError):
+    """A model file that cannot be loaded: truncated, wrong arrays, unsafe content."""
+
+
+class DataError(DeltapropError, ValueError):
+    """Training or evaluation data that is malformed or inconsistent."""
+
+
+class TrainingError(DeltapropError, RuntimeError):
+    """Training that cannot go on, for example because the loss became non-finite."""

@@ -1,0 +1,236 @@
+"""Saving and loading networks: one ``.npz`` holding the spec as JSON and the weights.
+
+Nothing is pickled on either side: arrays are read with ``allow_pickle=False`` after
+their headers have been checked against what the spec declares, and the write is
+atomic (temporary file, fsync, rename), so a crash mid-save leaves the old file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .errors import DeltapropError, ModelFileError
+
+FORMAT = "deltaprop-model"
+FORMAT_VERSION = 1
+META = "__deltaprop__"
+PARAM_PREFIX = "param:"
+MAX_META_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Write to a temporary file beside ``path``, fsync it, then rename it into place;
+    on any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
+              arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed npz of ``arrays`` plus ``meta`` as JSON bytes, written atomically."""
+    blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    try:
+        with atomic_write(path) as handle:
+            np.savez(handle, **{META: blob}, **arrays)
+    except OSError as exc:
+        raise ModelFileError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def save(net: Any, path: str | os.PathLike[str]) -> None:
+    """Write the network's spec and weights to ``path`` (a ``.npz``), atomically."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    providers = {}
+    for layer in net.layers:
+        with contextlib.suppress(DeltapropError):
+            p = registry.provider("layer", layer.name)
+            providers[layer.name] = {"plugin": p.plugin, "distribution": p.distribution,
+                                     "version": p.version}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "spec": net.to_spec(),
+            "providers": providers, "params": list(net.params)}
+    write_npz(path, meta, {PARAM_PREFIX + k: v for k, v in net.params.items()})
+
+
+class NpzReader:
+    """Reads members of an ``.npz`` one at a time, checking each header (dtype, shape,
+    declared size) before any data is allocated, never unpickling."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str = "model file") -> None:
+        self.path = str(path)
+        self.where = f"{kind} {self.path!r}"
+        try:
+            self.zip = zipfile.ZipFile(self.path)
+        except FileNotFoundError:
+            raise ModelFileError(f"{self.where}: no such file") from None
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ModelFileError(f"{self.where}: not a valid .npz (zip) file ({exc})") from None
+        self.members = {n[:-4]: n for n in self.zip.namelist() if n.endswith(".npy")}
+
+    def close(self) -> None:
+        self.zip.close()
+
+    def __enter__(self) -> NpzReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def header(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        if name not in self.members:
+            raise ModelFileError(f"{self.where}: array {name!r} is missing")
+        with self.zip.open(self.members[name]) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:  # pragma: no cover - numpy rejects unknown versions in read_magic
+                raise ModelFileError(f"{self.where}: array {name!r} has format {version}")
+        if dtype.hasobject:
+            raise ModelFileError(f"{self.where}: array {name!r} holds Python objects; "
+                                 f"refusing to unpickle it")
+        info = self.zip.getinfo(self.members[name])
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if declared > info.file_size:
+            raise ModelFileError(f"{self.where}: array {name!r} declares shape {shape} "
+                                 f"({declared} bytes) but holds only {info.file_size} bytes")
+        return tuple(shape), dtype
+
+    def read(self, name: str, *, shape: tuple[int, ...] | None = None,
+             dtype: Any = None) -> np.ndarray:
+        got_shape, got_dtype = self.header(name)
+        if shape is not None and got_shape != tuple(shape):
+            raise ModelFileError(f"{self.where}: array {name!r} has shape {got_shape}, "
+                                 f"expected {tuple(shape)}")
+        if dtype is not None and got_dtype != np.dtype(dtype):
+            raise ModelFileError(f"{self.where}: array {name!r} has dtype {got_dtype}, "
+                                 f"expected {np.dtype(dtype)}")
+        with self.zip.open(self.members[name]) as stream:
+            data = stream.read()
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+    def read_json(self) -> dict[str, Any]:
+        shape, dtype = self.header(META)
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
+            raise ModelFileError(f"{self.where}: bad metadata array")
+        try:
+            meta = json.loads(self.read(META).tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ModelFileError(f"{self.where}: metadata is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{self.where}: metadata must be a JSON object")
+        return meta
+
+    def param_bytes(self, names: list[str]) -> int:
+        total = 0
+        for name in names:
+            shape, dtype = self.header(name)
+            total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        return total
+
+
+def guarded(where: str, action: Callable[[], Any]) -> Any:
+    """Run a file-reading action so that anything but deltaprop's own errors becomes a
+    ModelFileError naming the file: corrupt input must never leak numpy internals."""
+    try:
+        return action()
+    except DeltapropError:
+        raise
+    except (ValueError, TypeError, KeyError, EOFError, OSError, zipfile.BadZipFile,
+            RecursionError, MemoryError, OverflowError, IndexError, AttributeError) as exc:
+        raise ModelFileError(f"{where}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def load(path: str | os.PathLike[str]) -> Any:
+    """Rebuild the network saved at ``path``; the file is checked before anything runs."""
+    where = f"model file {str(path)!r}"
+    return guarded(where, lambda: _load(path))
+
+
+def _load(path: str | os.PathLike[str]) -> Any:
+    from .layer import parameter_budget
+    from .registry import get_registry
+    from .spec import load_spec
+
+    with NpzReader(path) as reader:
+        where = reader.where
+        meta = reader.read_json()
+        if meta.get("format") != FORMAT:
+            raise ModelFileError(f"{where}: not a deltaprop model (format "
+                                 f"{meta.get('format')!r})")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ModelFileError(f"{where}: format version {meta.get('version')!r} is not "
+                                 f"supported (this deltaprop reads {FORMAT_VERSION})")
+        spec, keys = meta.get("spec"), meta.get("params")
+        if not isinstance(spec, dict) or not isinstance(keys, list) or not all(
+            isinstance(k, str) for k in keys
+        ):
+            raise ModelFileError(f"{where}: metadata lacks a spec or a parameter list")
+        _check_layers_installed(where, spec, meta.get("providers"), get_registry())
+        members = [PARAM_PREFIX + k for k in keys]
+        with parameter_budget(reader.param_bytes(members) + 4096, where):
+            try:
+                net = load_spec(spec)
+            except DeltapropError as exc:
+                raise ModelFileError(f"{where}: {exc}") from None
+        expected = net.params
+        if set(expected) != set(keys):
+            missing = sorted(set(expected) - set(keys))
+            extra = sorted(set(keys) - set(expected))
+            raise ModelFileError(f"{where}: parameters do not match the spec (missing: "
+                                 f"{missing or 'none'}; unexpected: {extra or 'none'})")
+        by_key = {key: (layer, pname) for key, layer, pname in net._param_index}
+        for key in keys:
+            layer, pname = by_key[key]
+            current = layer.params[pname]
+            layer.params[pname] = reader.read(PARAM_PREFIX + key, shape=current.shape,
+                                              dtype=current.dtype)
+        return net
+
+
+def _check_layers_installed(where: str, spec: dict[str, Any], providers: Any,
+                            registry: Any) -> None:
+    installed = set(registry.names("layer"))
+    nodes = spec.get("nodes")
+    if not isinstance(nodes, list):
+        return
+    for node in nodes:
+        layer = node.get("layer") if isinstance(node, dict) else None
+        if isinstance(layer, str) and layer not in installed:
+            origin = providers.get(layer) if isinstance(providers, dict) else None
+            hint = ""
+            if isinstance(origin, dict) and origin.get("distribution"):
+                hint = (f"; it was provided by plugin {origin.get('plugin')!r} of the "
+                        f"distribution {origin['distribution']} {origin.get('version', '')}"
+                        f": install it (pip install {origin['distribution']})")
+            raise ModelFileError(f"{where}: node {node.get('name')!r} uses layer {layer!r}, "
+                                 f"which no installed plugin provides{hint}")

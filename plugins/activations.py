@@ -1,0 +1,124 @@
+"""Element-wise activations and softmax. Each caches its output, which is all its
+derivative needs: s'(z) is written in terms of y = s(z)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from deltaprop import Layer, hookimpl
+from deltaprop.errors import ConfigError, ShapeError
+
+Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]
+
+
+class Activation(Layer):
+    """One input, same shape out; forward caches y and backward uses ``derivative(y)``."""
+
+    elementwise = True
+    examples = [{"config": {}, "input_shapes": [(5,)]},
+                {"config": {}, "input_shapes": [(2, 3)]}]
+
+    def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+
+    def activate(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        y = self.activate(inputs[0])
+        return (y,), (y if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        return (self.backward_from_output(cache, grad_outputs[0]),), {}
+
+
+class Sigmoid(Activation):
+    """s(z) = 1 / (1 + e^-z), s' = y (1 - y); computed by scipy's overflow-safe expit."""
+
+    name = "sigmoid"
+
+    def activate(self, x: np.ndarray) -> np.ndarray:
+        return expit(x)
+
+    def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return g * y * (1 - y)
+
+
+class Tanh(Activation):
+    """tanh, with derivative 1 - y^2."""
+
+    name = "tanh"
+
+    def activate(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x)
+
+    def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return g * (1 - y * y)
+
+
+class ReLU(Activation):
+    """max(z, 0); the delta passes where the output is positive."""
+
+    name = "relu"
+
+    def activate(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0)
+
+    def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return g * (y > 0)
+
+    @classmethod
+    def sample_inputs(cls, rng: np.random.Generator, input_shapes: Any, batch: int,
+                      dtype: str) -> list[np.ndarray]:
+        # keep finite differences away from the kink at zero
+        xs = super().sample_inputs(rng, input_shapes, batch, dtype)
+        return [x + np.where(x >= 0, 0.1, -0.1).astype(dtype) for x in xs]
+
+
+class Softmax(Layer):
+    """Normalised exponentials over ``axis``; backward is y * (g - sum(g * y))."""
+
+    name = "softmax"
+    examples = [{"config": {}, "input_shapes": [(6,)]},
+                {"config": {"axis": 1}, "input_shapes": [(3, 4)]}]
+
+    def __init__(self, *, axis: int = -1, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ConfigError(f"softmax: axis must be an integer, got {axis!r}")
+        self.axis = axis
+
+    def build(self, input_shapes: Sequence[tuple[int, ...]], rng: Any = None
+              ) -> tuple[tuple[int, ...]]:
+        self.expect_inputs(input_shapes)
+        shape = input_shapes[0]
+        ndim = len(shape) + 1
+        if not -ndim < self.axis < ndim or self.axis == 0:
+            raise ShapeError(f"softmax axis {self.axis} does not name a non-batch axis of "
+                             f"inputs of shape (batch, {', '.join(map(str, shape))})")
+        return (tuple(shape),)
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        x = inputs[0]
+        e = np.exp(x - x.max(axis=self.axis, keepdims=True))
+        e /= e.sum(axis=self.axis, keepdims=True)
+        return (e,), (e if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        y, g = cache, grad_outputs[0]
+        return (y * (g - (g * y).sum(axis=self.axis, keepdims=True)),), {}
+
+
+@hookimpl
+def deltaprop_register_layers() -> list[type[Layer]]:
+    return [Sigmoid, Tanh, ReLU, Softmax]

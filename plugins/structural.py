@@ -1,0 +1,213 @@
+"""Layers that route values rather than compute: add, concat, split, flatten, reshape.
+They carry no parameters and cache only the shapes their backward needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deltaprop import Layer, hookimpl
+from deltaprop.config import positive_int
+from deltaprop.errors import ConfigError, ShapeError
+
+Shape = tuple[int, ...]
+Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]
+
+
+def _axis(owner: str, axis: Any) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int) or axis == 0:
+        raise ConfigError(f"{owner}: axis must be a non-zero integer (axis 0 is the batch), "
+                          f"got {axis!r}")
+    return axis
+
+
+def _resolve_axis(owner: str, axis: int, shape: Shape) -> int:
+    """The axis as an index into the non-batch shape."""
+    ndim = len(shape) + 1
+    if not -ndim < axis < ndim:
+        raise ShapeError(f"{owner}: axis {axis} is out of range for inputs of shape "
+                         f"(batch, {', '.join(map(str, shape))})")
+    return (axis % ndim) - 1
+
+
+class Add(Layer):
+    """Element-wise sum of n inputs of one shape; each input receives the whole delta."""
+
+    name = "add"
+    n_inputs = None
+    examples = [{"config": {}, "input_shapes": [(4,), (4,)]},
+                {"config": {}, "input_shapes": [(2, 3), (2, 3), (2, 3)]}]
+
+    def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape]:
+        self.expect_inputs(input_shapes)
+        first = tuple(input_shapes[0])
+        for shape in input_shapes[1:]:
+            if tuple(shape) != first:
+                raise ShapeError(f"add needs inputs of one shape, got {first} and {tuple(shape)}")
+        return (first,)
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        total = inputs[0] + inputs[1] if len(inputs) > 1 else inputs[0].copy()
+        for x in inputs[2:]:
+            total += x
+        return (total,), (len(inputs) if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        # the same array for every input: the executor never writes into it in place
+        return (grad_outputs[0],) * cache, {}
+
+
+class Concat(Layer):
+    """Joins n inputs along ``axis`` (counted with the batch axis as 0, default last)."""
+
+    name = "concat"
+    n_inputs = None
+    examples = [{"config": {}, "input_shapes": [(2,), (3,)]},
+                {"config": {"axis": 1}, "input_shapes": [(1, 4), (2, 4), (3, 4)]}]
+
+    def __init__(self, *, axis: int = -1, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        self.axis = _axis("concat", axis)
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape]:
+        self.expect_inputs(input_shapes)
+        first = tuple(input_shapes[0])
+        ax = _resolve_axis("concat", self.axis, first)
+        for shape in input_shapes[1:]:
+            if len(shape) != len(first) or any(
+                a != b for i, (a, b) in enumerate(zip(shape, first)) if i != ax
+            ):
+                raise ShapeError(f"concat along axis {self.axis} needs inputs that agree on "
+                                 f"every other axis, got {first} and {tuple(shape)}")
+        out = list(first)
+        out[ax] = sum(s[ax] for s in input_shapes)
+        self._ax = ax + 1
+        return (tuple(out),)
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        y = np.concatenate(inputs, axis=self._ax)
+        sizes = [x.shape[self._ax] for x in inputs]
+        return (y,), (sizes if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        bounds = np.cumsum(cache)[:-1]
+        return tuple(np.split(grad_outputs[0], bounds, axis=self._ax)), {}
+
+
+class Split(Layer):
+    """Cuts one input along ``axis`` into ``sections`` equal parts, or parts of the
+    listed sizes: a node with several outputs."""
+
+    name = "split"
+    examples = [{"config": {"sections": 2}, "input_shapes": [(6,)]},
+                {"config": {"sections": [1, 3], "axis": 1}, "input_shapes": [(4, 2)]}]
+
+    def __init__(self, sections: int | list[int] = 2, *, axis: int = -1,
+                 dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        if isinstance(sections, (list, tuple)):
+            self.sections: int | list[int] = [positive_int("split", "sections", s)
+                                              for s in sections]
+            if not self.sections:
+                raise ConfigError("split: sections must not be an empty list")
+        else:
+            self.sections = positive_int("split", "sections", sections)
+        self.axis = _axis("split", axis)
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape, ...]:
+        self.expect_inputs(input_shapes)
+        shape = tuple(input_shapes[0])
+        ax = _resolve_axis("split", self.axis, shape)
+        n = shape[ax]
+        if isinstance(self.sections, int):
+            if n % self.sections:
+                raise ShapeError(f"split: axis {self.axis} of size {n} does not divide into "
+                                 f"{self.sections} equal sections")
+            sizes = [n // self.sections] * self.sections
+        else:
+            sizes = list(self.sections)
+            if sum(sizes) != n:
+                raise ShapeError(f"split: sections {sizes} add up to {sum(sizes)}, but axis "
+                                 f"{self.axis} has size {n}")
+        self._ax = ax + 1
+        self._bounds = np.cumsum(sizes)[:-1]
+        outs = []
+        for size in sizes:
+            out = list(shape)
+            out[ax] = size
+            outs.append(tuple(out))
+        return tuple(outs)
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        return tuple(np.split(inputs[0], self._bounds, axis=self._ax)), (True if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        return (np.concatenate(grad_outputs, axis=self._ax),), {}
+
+
+class Reshape(Layer):
+    """Gives each sample a new shape with the same number of values; one entry may be -1."""
+
+    name = "reshape"
+    examples = [{"config": {"target_shape": [3, 2]}, "input_shapes": [(6,)]},
+                {"config": {"target_shape": [-1]}, "input_shapes": [(2, 3)]}]
+
+    def __init__(self, target_shape: list[int], *, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        if not isinstance(target_shape, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1)
+            for d in target_shape
+        ) or list(target_shape).count(-1) > 1:
+            raise ConfigError(f"reshape: target_shape must be a list of positive integers with "
+                              f"at most one -1, got {target_shape!r}")
+        self.target_shape = tuple(target_shape)
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape]:
+        self.expect_inputs(input_shapes)
+        size = int(np.prod(input_shapes[0]))
+        known = int(np.prod([d for d in self.target_shape if d != -1]))
+        if -1 in self.target_shape:
+            if size % known:
+                raise ShapeError(f"reshape: {size} values per sample do not fit "
+                                 f"{list(self.target_shape)}")
+            out = tuple(size // known if d == -1 else d for d in self.target_shape)
+        else:
+            out = self.target_shape
+        if int(np.prod(out)) != size:
+            raise ShapeError(f"reshape: {size} values per sample do not fit "
+                             f"{list(self.target_shape)}")
+        return (out,)
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        x = inputs[0]
+        assert self.output_shapes is not None
+        return (x.reshape(len(x), *self.output_shapes[0]),), (x.shape if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        return (grad_outputs[0].reshape(cache),), {}
+
+
+class Flatten(Reshape):
+    """Each sample to one vector: the bridge from convolutions to dense layers."""
+
+    name = "flatten"
+    examples = [{"config": {}, "input_shapes": [(2, 3, 2)]}]
+
+    def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__([-1], dtype=dtype, label=label)
+
+
+@hookimpl
+def deltaprop_register_layers() -> list[type[Layer]]:
+    return [Add, Concat, Split, Flatten, Reshape]
