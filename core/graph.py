@@ -490,7 +490,7 @@ class Network:
                     param_grads[key] = param_grads[key] + g
                     owned_params.add(key)
         for key, layer, pname in self._param_index:
-            if key not in param_grads:
+            if key not in param_grads and pname not in layer.non_trainable:
                 param_grads[key] = np.zeros_like(layer.params[pname])
         self.grads = param_grads
         result: list[np.ndarray | None] = []

@@ -54,6 +54,10 @@ class Layer(Configurable):
     n_inputs: ClassVar[int | None] = 1
     #: True for layers whose output is ``f(input)`` element by element (fusion, in-place).
     elementwise: ClassVar[bool] = False
+    #: Entries of ``params`` that are state, not weights (batch-norm running statistics):
+    #: saved and loaded with the weights, updated by the layer itself, never given a
+    #: gradient nor touched by an optimizer.
+    non_trainable: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
         self.dtype = check_dtype(f"layer {self.name!r}", dtype)

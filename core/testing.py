@@ -1,18 +1,42 @@
 """Checks that a layer, loss or network honours the protocol, for the built-ins and for
-plugin authors alike: float64 finite-difference gradients of inputs and parameters,
-and the rules that let the executor share layers and free caches."""
+plugin authors alike.
+
+``check_layer`` is the float64 finite-difference gradient check (inputs and
+parameters). ``check_conformance`` runs it together with the rules that let the
+executor share layers, free caches and save networks: config round trip, save/load
+inside a network, no per-call state kept on the layer, cache released, train vs
+inference, float32 and float64, and a clear error from ``build`` for a wrong shape.
+Every check raises AssertionError with a message naming the layer and what broke.
+
+Train-mode forwards may be random (dropout) or update state (batch norm running
+statistics). The kit therefore compares train-mode results on *replicas*: deep copies
+of the layer taken before the call, which replay the same random draws, so a seeded
+layer is a deterministic function of its inputs and trainable parameters.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+import json
+import os
+import tempfile
+import types
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .config import construct
+from .errors import DeltapropError, ShapeError
 from .layer import Layer
 from .loss import Loss
+
+#: Names of the conformance checks, in the order ``check_conformance`` runs them.
+CHECKS: tuple[str, ...] = (
+    "gradients", "config_round_trip", "save_load", "no_per_call_state", "cache_released",
+    "train_inference", "dtypes", "rejects_bad_shapes",
+)
 
 
 @dataclass
@@ -43,6 +67,21 @@ class GradientReport:
                 f"{numeric[worst]:.8g} (max abs error {abs_err:.3g})")
 
 
+@dataclass
+class ConformanceReport:
+    """What ``check_conformance`` checked for one layer case: check name -> outcome."""
+
+    layer: str
+    input_shapes: list[tuple[int, ...]]
+    config: dict[str, Any]
+    outcomes: dict[str, str] = field(default_factory=dict)
+    gradients: GradientReport | None = None
+
+    @property
+    def passed(self) -> list[str]:
+        return [name for name, outcome in self.outcomes.items() if outcome == "ok"]
+
+
 def numeric_gradient(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f()`` with respect to ``x`` (changed in place
     and restored)."""
@@ -60,65 +99,489 @@ def numeric_gradient(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -
     return grad
 
 
+def trainable_names(layer: Layer) -> list[str]:
+    """The parameters an optimizer updates: all of ``params`` except the layer's
+    ``non_trainable`` ones (running statistics and other state saved with the weights)."""
+    frozen = set(getattr(layer, "non_trainable", ()))
+    return [name for name in layer.params if name not in frozen]
+
+
 def make_layer(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
-               seed: int = 0, **config: Any) -> Layer:
+               build_seed: int = 0, **config: Any) -> Layer:
     """Construct (through the same path as the registry) and build a layer."""
     layer = construct(layer_class, config)
     shapes = tuple(tuple(s) for s in input_shapes)
-    out = layer.build(shapes, rng=np.random.default_rng(seed))
+    out = layer.build(shapes, rng=np.random.default_rng(build_seed))
     layer.input_shapes = shapes
     layer.output_shapes = tuple(tuple(s) for s in out)
     return layer
 
 
+def sample_inputs(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                  batch: int, dtype: str, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = tuple(tuple(s) for s in input_shapes)
+    return [np.array(x) for x in layer_class.sample_inputs(rng, shapes, batch, dtype)]
+
+
+def _replica(snapshot: Layer, live: Layer) -> Layer:
+    """A copy of the layer as it was at ``snapshot`` time, sharing the live trainable
+    parameters (so finite differences see the perturbations) but not its other state."""
+    twin = copy.deepcopy(snapshot)
+    for name in trainable_names(live):
+        twin.params[name] = live.params[name]
+    return twin
+
+
+def _check_outputs(name: str, outputs: Any, layer: Layer, batch: int, dtype: str) -> None:
+    declared = layer.output_shapes or ()
+    if not isinstance(outputs, tuple):
+        raise AssertionError(f"{name}: forward must return a tuple of outputs, got "
+                             f"{type(outputs).__name__}")
+    if len(outputs) != len(declared):
+        raise AssertionError(f"{name}: forward returned {len(outputs)} outputs, "
+                             f"build declared {len(declared)}")
+    for out, shape in zip(outputs, declared, strict=True):
+        if out.shape[1:] != tuple(shape) or out.shape[0] != batch:
+            raise AssertionError(f"{name}: output of shape {out.shape}, build "
+                                 f"declared (batch={batch}, *{tuple(shape)})")
+        if out.dtype != np.dtype(dtype):
+            raise AssertionError(f"{name}: {dtype} layer returned a {out.dtype} output")
+
+
 def check_layer(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
-                batch: int = 3, seed: int = 0, rtol: float = 1e-5, atol: float = 1e-7,
+                batch: int = 3, check_seed: int = 0, rtol: float = 1e-5, atol: float = 1e-7,
                 **config: Any) -> GradientReport:
     """Float64 finite-difference check of a layer's input and parameter gradients.
 
-    The scalar checked is ``sum_k <outputs_k, R_k>`` for random ``R_k``, so every
-    output and every element is exercised. Raises AssertionError on a mismatch.
+    The scalar checked is ``sum_k <outputs_k, R_k>`` for random ``R_k`` of the
+    train-mode outputs, so every output and every element is exercised. Raises
+    AssertionError on a mismatch.
     """
+    name = layer_class.name
     config = {**config, "dtype": "float64"}
-    layer = make_layer(layer_class, input_shapes, seed=seed, **config)
-    rng = np.random.default_rng(seed + 1)
-    inputs = [np.array(x) for x in layer_class.sample_inputs(rng, layer.input_shapes or (),
-                                                             batch, "float64")]
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    inputs = sample_inputs(layer_class, layer.input_shapes or (), batch=batch,
+                           dtype="float64", seed=check_seed + 1)
+    snapshot = copy.deepcopy(layer)
     outputs, cache = layer.forward(tuple(inputs), train=True)
-    if len(outputs) != len(layer.output_shapes or ()):
-        raise AssertionError(f"{layer_class.name}: forward returned {len(outputs)} outputs, "
-                             f"build declared {len(layer.output_shapes or ())}")
-    for out, shape in zip(outputs, layer.output_shapes or ()):
-        if out.shape[1:] != tuple(shape) or out.shape[0] != batch:
-            raise AssertionError(f"{layer_class.name}: output of shape {out.shape}, build "
-                                 f"declared (batch={batch}, *{tuple(shape)})")
-        if out.dtype != np.float64:
-            raise AssertionError(f"{layer_class.name}: float64 layer returned {out.dtype}")
+    _check_outputs(name, outputs, layer, batch, "float64")
+    rng = np.random.default_rng(check_seed + 2)
     weights = [rng.standard_normal(o.shape) for o in outputs]
 
     def objective() -> float:
-        outs, _ = layer.forward(tuple(inputs), train=False)
-        return float(sum(np.sum(o * w) for o, w in zip(outs, weights)))
+        outs, _ = _replica(snapshot, layer).forward(tuple(inputs), train=True)
+        return float(sum(np.sum(o * w) for o, w in zip(outs, weights, strict=True)))
 
     grad_inputs, grad_params = layer.backward(cache, tuple(w.copy() for w in weights))
     report = GradientReport()
     if len(grad_inputs) != len(inputs):
-        raise AssertionError(f"{layer_class.name}: backward returned {len(grad_inputs)} input "
+        raise AssertionError(f"{name}: backward returned {len(grad_inputs)} input "
                              f"gradients for {len(inputs)} inputs")
-    for i, (x, g) in enumerate(zip(inputs, grad_inputs)):
+    for i, (x, g) in enumerate(zip(inputs, grad_inputs, strict=True)):
         if not np.issubdtype(x.dtype, np.floating):
             continue
         if g is None:
-            raise AssertionError(f"{layer_class.name}: no gradient for float input {i}")
-        report.add(f"{layer_class.name} input {i}", g, numeric_gradient(objective, x),
-                   rtol, atol)
-    if set(grad_params) != set(layer.params):
-        raise AssertionError(f"{layer_class.name}: gradients for {sorted(grad_params)}, "
-                             f"parameters {sorted(layer.params)}")
-    for pname, value in layer.params.items():
-        report.add(f"{layer_class.name} param {pname}", grad_params[pname],
-                   numeric_gradient(objective, value), rtol, atol)
+            raise AssertionError(f"{name}: no gradient for float input {i}")
+        report.add(f"{name} input {i}", g, numeric_gradient(objective, x), rtol, atol)
+    trainable = trainable_names(layer)
+    if set(grad_params) != set(trainable):
+        raise AssertionError(f"{name}: gradients for {sorted(grad_params)}, trainable "
+                             f"parameters {sorted(trainable)}")
+    for pname in trainable:
+        report.add(f"{name} param {pname}", grad_params[pname],
+                   numeric_gradient(objective, layer.params[pname]), rtol, atol)
     return report
+
+
+# -- the other conformance checks ------------------------------------------------------
+def check_config_round_trip(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
+                            **config: Any) -> None:
+    """``get_config`` is plain JSON data and ``from_config`` rebuilds an equal layer."""
+    name = layer_class.name
+    layer = construct(layer_class, config)
+    got = layer.get_config()
+    try:
+        text = json.dumps(got, sort_keys=True)
+    except TypeError as exc:
+        raise AssertionError(f"{name}: get_config() is not plain JSON data: {exc}") from None
+    if "dtype" not in got:
+        raise AssertionError(f"{name}: get_config() lacks 'dtype' (pass it to "
+                             f"Layer.__init__ and accept it as a keyword)")
+    for key, value in config.items():
+        if key != "label" and key in got and json.dumps(got[key]) != json.dumps(
+                json.loads(json.dumps(value, default=list))):
+            raise AssertionError(f"{name}: config key {key!r} was given {value!r} but "
+                                 f"get_config() reports {got[key]!r}")
+    again = layer_class.from_config(json.loads(text))
+    if json.dumps(again.get_config(), sort_keys=True) != text:
+        raise AssertionError(f"{name}: from_config(get_config()) changed the config: "
+                             f"{got} -> {again.get_config()}")
+    a = make_layer(layer_class, input_shapes, build_seed=7, **config)
+    b = make_layer(layer_class, input_shapes, build_seed=7, **json.loads(text))
+    if a.output_shapes != b.output_shapes or sorted(a.params) != sorted(b.params):
+        raise AssertionError(f"{name}: a layer rebuilt from its config has outputs "
+                             f"{b.output_shapes} and params {sorted(b.params)}, the original "
+                             f"{a.output_shapes} and {sorted(a.params)}")
+
+
+def _temporary_registry(layer_class: type[Layer]) -> tuple[Any, Any] | None:
+    """Make sure ``layer_class`` is what the registry returns for its name (for layers
+    defined in a test): returns (previous registry, temporary one) or None when no change
+    is needed. Raises AssertionError when another class already holds the name."""
+    from .registry import Registry, get_registry, reset_registry
+
+    current = get_registry()
+    if layer_class.name in current.names("layer"):
+        if current.get("layer", layer_class.name) is layer_class:
+            return None
+        raise AssertionError(f"{layer_class.name}: the registry holds a different class under "
+                             f"this name ({current.provider('layer', layer_class.name)}); a "
+                             f"saved network could not be loaded back")
+    temporary = Registry()
+    module = types.ModuleType(f"conformance_{layer_class.name}")
+    from .hookspecs import hookimpl
+
+    module.deltaprop_register_layers = hookimpl(lambda: [layer_class])  # type: ignore[attr-defined]
+    temporary.register_plugin(module, name=module.__name__)
+    reset_registry(temporary)
+    return current, temporary
+
+
+def check_save_load(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                    batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """Inside a network, the layer survives ``deltaprop.save`` / ``deltaprop.load``: the
+    same parameters (state included) and the same inference outputs."""
+    from .graph import Input, Network
+    from .io import load, save
+    from .registry import reset_registry
+
+    name = layer_class.name
+    swapped = _temporary_registry(layer_class)
+    try:
+        dtype = config.get("dtype", "float32")
+        layer = construct(layer_class, config)
+        inputs = [Input(tuple(s), name=f"in{i}", dtype=dtype) for i, s in enumerate(input_shapes)]
+        outs = layer(*inputs)
+        outs = list(outs) if isinstance(outs, tuple) else [outs]
+        net = Network(inputs, outs, name=f"conformance_{name}")
+        arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype, seed=check_seed)
+        net.forward(arrays, train=True)  # let train-mode state (running statistics) move
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.npz")
+            save(net, path)
+            loaded = load(path)
+        if sorted(loaded.params) != sorted(net.params):
+            raise AssertionError(f"{name}: saved parameters {sorted(net.params)}, loaded "
+                                 f"{sorted(loaded.params)}")
+        for key, value in net.params.items():
+            if not np.array_equal(loaded.params[key], value):
+                raise AssertionError(f"{name}: parameter {key} changed in a save/load round "
+                                     f"trip")
+            if loaded.params[key].dtype != value.dtype:
+                raise AssertionError(f"{name}: parameter {key} was {value.dtype}, loaded as "
+                                     f"{loaded.params[key].dtype}")
+        for k, (a, b) in enumerate(zip(net.forward(arrays), loaded.forward(arrays), strict=True)):
+            if not np.array_equal(a, b):
+                raise AssertionError(f"{name}: output {k} in inference differs after a "
+                                     f"save/load round trip (max difference "
+                                     f"{float(np.max(np.abs(a - b))):.3g})")
+    finally:
+        if swapped is not None:
+            reset_registry(swapped[0])
+
+
+def check_no_per_call_state(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
+                            *, batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """Two forwards, then the backwards in reverse order, give the gradients each call
+    gets on its own: everything backward needs travels in the cache."""
+    name = layer_class.name
+    config = {**config, "dtype": "float64"}
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    x1 = sample_inputs(layer_class, input_shapes, batch=batch, dtype="float64", seed=check_seed + 1)
+    x2 = sample_inputs(layer_class, input_shapes, batch=batch, dtype="float64", seed=check_seed + 2)
+    start = copy.deepcopy(layer)
+    rng = np.random.default_rng(check_seed + 3)
+    out1, cache1 = layer.forward(tuple(x1), train=True)
+    g1 = tuple(rng.standard_normal(o.shape) for o in out1)
+    out2, cache2 = layer.forward(tuple(x2), train=True)
+    g2 = tuple(rng.standard_normal(o.shape) for o in out2)
+    interleaved2 = layer.backward(cache2, g2)
+    interleaved1 = layer.backward(cache1, g1)
+    alone = copy.deepcopy(start)
+    _, c = alone.forward(tuple(x1), train=True)
+    alone1 = alone.backward(c, g1)
+    _, c = alone.forward(tuple(x2), train=True)
+    alone2 = alone.backward(c, g2)
+    for which, got, want in (("first", interleaved1, alone1), ("second", interleaved2, alone2)):
+        for i, (a, b) in enumerate(zip(got[0], want[0], strict=True)):
+            if (a is None) != (b is None) or (a is not None and not np.allclose(a, b)):
+                raise AssertionError(
+                    f"{name}: the {which} call's input {i} gradient changed when another "
+                    f"forward ran before its backward: the layer keeps per-call state on "
+                    f"itself instead of in the cache")
+        for pname in want[1]:
+            if pname not in got[1] or not np.allclose(got[1][pname], want[1][pname]):
+                raise AssertionError(
+                    f"{name}: the {which} call's gradient of {pname!r} changed when another "
+                    f"forward ran before its backward: the layer keeps per-call state on "
+                    f"itself instead of in the cache")
+
+
+def check_cache_released(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                         batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """Inference keeps no cache; in a network the held cache bytes return to zero after
+    backward; a cache does not hold the layer itself (which would keep it alive)."""
+    from .graph import Input, Network
+
+    name = layer_class.name
+    dtype = config.get("dtype", "float32")
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype, seed=check_seed + 1)
+    _, cache = layer.forward(tuple(arrays), train=False)
+    if cache is not None:
+        raise AssertionError(f"{name}: forward(train=False) returned a cache "
+                             f"({type(cache).__name__}); inference must cache nothing")
+    _, cache = layer.forward(tuple(arrays), train=True)
+    if _holds(cache, layer):
+        raise AssertionError(f"{name}: the cache holds the layer object itself; cache only "
+                             f"the arrays backward needs")
+    fresh = construct(layer_class, config)
+    inputs = [Input(tuple(s), dtype=dtype) for s in input_shapes]
+    outs = fresh(*inputs)
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    net = Network(inputs, outs)
+    results = net.forward(arrays, train=True)
+    net.backward([np.ones_like(r) for r in results])
+    if net.cache_bytes != 0:
+        raise AssertionError(f"{name}: {net.cache_bytes} bytes still held in caches after "
+                             f"backward")
+    net.forward(arrays, train=False)
+    if net.cache_bytes != 0:
+        raise AssertionError(f"{name}: inference held {net.cache_bytes} bytes of cache")
+
+
+def _holds(obj: Any, target: object, depth: int = 0) -> bool:
+    if obj is target:
+        return True
+    if depth > 3:
+        return False
+    if isinstance(obj, (tuple, list)):
+        return any(_holds(o, target, depth + 1) for o in obj)
+    if isinstance(obj, dict):
+        return any(_holds(o, target, depth + 1) for o in obj.values())
+    return False
+
+
+def check_train_inference(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                          batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """Inference is deterministic, changes no parameter or state, and gives outputs of the
+    declared shapes (train and inference may differ, as dropout and batch norm do)."""
+    name = layer_class.name
+    dtype = config.get("dtype", "float32")
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype, seed=check_seed + 1)
+    before = {k: v.copy() for k, v in layer.params.items()}
+    first, _ = layer.forward(tuple(arrays), train=False)
+    _check_outputs(name, first, layer, batch, dtype)
+    second, _ = layer.forward(tuple(a.copy() for a in arrays), train=False)
+    for k, (a, b) in enumerate(zip(first, second, strict=True)):
+        if not np.array_equal(a, b):
+            raise AssertionError(f"{name}: two inference calls on the same input gave "
+                                 f"different output {k}")
+    for key, value in before.items():
+        if not np.array_equal(layer.params[key], value):
+            raise AssertionError(f"{name}: inference changed parameter {key!r}")
+    snapshot = {k: v.copy() for k, v in layer.params.items()}
+    originals = [a.copy() for a in arrays]
+    outputs, cache = layer.forward(tuple(arrays), train=True)
+    _check_outputs(name, outputs, layer, batch, dtype)
+    for key in trainable_names(layer):
+        if not np.array_equal(layer.params[key], snapshot[key]):
+            raise AssertionError(f"{name}: a train-mode forward changed trainable parameter "
+                                 f"{key!r}; only the optimizer may")
+    grads = tuple(np.ones_like(o) for o in outputs)
+    kept = [g.copy() for g in grads]
+    layer.backward(cache, grads)
+    for i, (a, b) in enumerate(zip(arrays, originals, strict=True)):
+        if not np.array_equal(a, b):
+            raise AssertionError(f"{name}: forward or backward modified input {i} in place")
+    for i, (a, b) in enumerate(zip(grads, kept, strict=True)):
+        if not np.array_equal(a, b):
+            raise AssertionError(f"{name}: backward modified grad_outputs[{i}] in place")
+
+
+def check_dtypes(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                 batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """A float32 layer keeps float32 parameters, outputs and gradients, and a float64 one
+    float64; the two agree to float32 precision."""
+    name = layer_class.name
+    results = {}
+    for dtype in ("float32", "float64"):
+        layer = make_layer(layer_class, input_shapes, build_seed=check_seed,
+                           **{**config, "dtype": dtype})
+        for pname, value in layer.params.items():
+            if value.dtype != np.dtype(dtype):
+                raise AssertionError(f"{name}: {dtype} layer has a {value.dtype} parameter "
+                                     f"{pname!r}")
+        arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype,
+                               seed=check_seed + 1)
+        for train in (False, True):
+            outputs, cache = layer.forward(tuple(arrays), train=train)
+            _check_outputs(name, outputs, layer, batch, dtype)
+        rng = np.random.default_rng(check_seed + 2)
+        grads = tuple(rng.standard_normal(o.shape).astype(dtype) for o in outputs)
+        grad_inputs, grad_params = layer.backward(cache, grads)
+        for i, (x, g) in enumerate(zip(arrays, grad_inputs, strict=True)):
+            if g is not None and np.issubdtype(x.dtype, np.floating) and g.dtype != x.dtype:
+                raise AssertionError(f"{name}: {dtype} layer returned a {g.dtype} gradient "
+                                     f"for input {i}")
+        for pname, g in grad_params.items():
+            if g.dtype != np.dtype(dtype):
+                raise AssertionError(f"{name}: {dtype} layer returned a {g.dtype} gradient "
+                                     f"for parameter {pname!r}")
+            if g.shape != layer.params[pname].shape:
+                raise AssertionError(f"{name}: gradient of {pname!r} has shape {g.shape}, "
+                                     f"the parameter {layer.params[pname].shape}")
+        results[dtype] = outputs
+    for k, (a, b) in enumerate(zip(results["float32"], results["float64"], strict=True)):
+        scale = float(np.max(np.abs(b), initial=1.0))
+        if not np.allclose(a, b, rtol=1e-3, atol=1e-4 * scale):
+            raise AssertionError(f"{name}: float32 and float64 output {k} disagree beyond "
+                                 f"float32 precision (max difference "
+                                 f"{float(np.max(np.abs(a - b))):.3g})")
+
+
+def wrong_input_shapes(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
+                       extra: Iterable[Sequence[Sequence[int]]] = ()
+                       ) -> list[list[tuple[int, ...]]]:
+    """Input shapes a layer must refuse: a wrong number of inputs, the class's own
+    ``bad_input_shapes`` (a list of shape lists) when it declares them, and ``extra``
+    (an example's ``bad_input_shapes``, for shapes wrong only under its config)."""
+    shapes = [tuple(s) for s in input_shapes]
+    cases: list[list[tuple[int, ...]]] = []
+    n = layer_class.n_inputs
+    if n is None:
+        cases.append([])
+    else:
+        cases.append([*shapes, shapes[-1]])
+        if n > 1:
+            cases.append(shapes[:-1])
+    declared = [*getattr(layer_class, "bad_input_shapes", []), *extra]
+    cases.extend([tuple(s) for s in case] for case in declared)
+    return cases
+
+
+def check_rejects_bad_shapes(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
+                             *, bad_input_shapes: Iterable[Sequence[Sequence[int]]] = (),
+                             **config: Any) -> None:
+    """``build`` refuses wrong shapes with a ShapeError naming them; through the functional
+    API the message also names the node."""
+    from .graph import Input
+
+    name = layer_class.name
+    for bad in wrong_input_shapes(layer_class, input_shapes, bad_input_shapes):
+        layer = construct(layer_class, config)
+        try:
+            layer.build(tuple(bad), rng=np.random.default_rng(0))
+        except ShapeError as exc:
+            message = str(exc)
+            if not message.strip():
+                raise AssertionError(f"{name}: build({bad}) raised an empty ShapeError") from None
+        except DeltapropError as exc:
+            raise AssertionError(f"{name}: build({bad}) raised {type(exc).__name__}, expected "
+                                 f"a ShapeError: {exc}") from None
+        except Exception as exc:
+            raise AssertionError(f"{name}: build({bad}) raised {type(exc).__name__}: {exc}; "
+                                 f"raise deltaprop.errors.ShapeError with both shapes in the "
+                                 f"message") from None
+        else:
+            raise AssertionError(f"{name}: build accepted the wrong input shapes {bad}")
+        if bad:
+            tensors = [Input(s) for s in bad]
+            try:
+                construct(layer_class, config)(*tensors, name="node_under_test")
+            except ShapeError as exc:
+                if "node_under_test" not in str(exc):
+                    raise AssertionError(f"{name}: the error does not name the node: "
+                                         f"{exc}") from None
+            else:
+                raise AssertionError(f"{name}: calling the layer on inputs of shapes {bad} "
+                                     f"did not raise a ShapeError")
+
+
+# -- the whole kit -----------------------------------------------------------------------
+def check_conformance(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                      checks: Iterable[str] | None = None, skip: Iterable[str] = (),
+                      bad_input_shapes: Iterable[Sequence[Sequence[int]]] = (),
+                      check_seed: int = 0, rtol: float = 1e-5, atol: float = 1e-7,
+                      **config: Any) -> ConformanceReport:
+    """Run the conformance checks (all of ``CHECKS`` by default) on one layer case:
+    ``input_shapes`` and ``config`` as in an entry of the class's ``examples`` (whose
+    optional ``bad_input_shapes`` go to the argument of that name).
+
+    Raises AssertionError naming the failed check and the layer; returns a report of
+    what ran otherwise.
+    """
+    selected = list(CHECKS if checks is None else checks)
+    unknown = sorted(set(selected) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"unknown check(s) {unknown}; choose from {list(CHECKS)}")
+    shapes = [tuple(s) for s in input_shapes]
+    report = ConformanceReport(layer_class.name, shapes, dict(config))
+    skipped = set(skip)
+    seeded = {"check_seed": check_seed, **config}
+    runners: dict[str, Callable[[], Any]] = {
+        "gradients": lambda: check_layer(layer_class, shapes, rtol=rtol, atol=atol, **seeded),
+        "config_round_trip": lambda: check_config_round_trip(layer_class, shapes, **config),
+        "save_load": lambda: check_save_load(layer_class, shapes, **seeded),
+        "no_per_call_state": lambda: check_no_per_call_state(layer_class, shapes, **seeded),
+        "cache_released": lambda: check_cache_released(layer_class, shapes, **seeded),
+        "train_inference": lambda: check_train_inference(layer_class, shapes, **seeded),
+        "dtypes": lambda: check_dtypes(layer_class, shapes, **seeded),
+        "rejects_bad_shapes": lambda: check_rejects_bad_shapes(
+            layer_class, shapes, bad_input_shapes=bad_input_shapes, **config),
+    }
+    for check in selected:
+        if check in skipped:
+            report.outcomes[check] = "skipped"
+            continue
+        try:
+            result = runners[check]()
+        except AssertionError as exc:
+            raise AssertionError(f"conformance check {check!r} failed for layer "
+                                 f"{layer_class.name!r} {shapes} {config}: {exc}") from None
+        if check == "gradients":
+            report.gradients = result
+        report.outcomes[check] = "ok"
+    return report
+
+
+def layer_cases(layer_classes: Iterable[type[Layer]]) -> list[tuple[type[Layer], dict[str, Any]]]:
+    """``(class, example)`` for every declared example; a class without examples yields
+    ``(class, {})`` so a test can fail it for declaring none."""
+    cases: list[tuple[type[Layer], dict[str, Any]]] = []
+    for cls in layer_classes:
+        if not cls.examples:
+            cases.append((cls, {}))
+        cases.extend((cls, dict(example)) for example in cls.examples)
+    return cases
+
+
+def layers_of_distribution(distribution: str) -> list[type[Layer]]:
+    """The layer classes the installed ``distribution`` registers (through the registry,
+    so exactly what a user gets)."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    wanted = _normalize(distribution)
+    found = [registry.get("layer", n) for n in registry.names("layer")
+             if _normalize(registry.provider("layer", n).distribution) == wanted]
+    return found
+
+
+def _normalize(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def check_loss(loss_class: type[Loss], shape: Sequence[int], *, batch: int = 4, seed: int = 0,
@@ -141,24 +604,37 @@ def check_loss(loss_class: type[Loss], shape: Sequence[int], *, batch: int = 4, 
 def check_network_gradients(net: Any, inputs: Sequence[np.ndarray], *, seed: int = 0,
                             rtol: float = 1e-5, atol: float = 1e-7) -> GradientReport:
     """Finite-difference check of a whole (float64) network: every float input and every
-    parameter, through the executor's fan-out sums, shared layers and multi-output nodes."""
+    trainable parameter, through the executor's fan-out sums, shared layers and
+    multi-output nodes. Layers whose train mode is random or stateful are replayed from
+    a copy taken before the first forward, as in ``check_layer``."""
     rng = np.random.default_rng(seed)
     inputs = [np.array(x) for x in inputs]
+    snapshots = {id(layer): copy.deepcopy(layer) for layer in net.layers}
     outputs = net.forward(inputs, train=True)
     weights = [rng.standard_normal(o.shape) for o in outputs]
     grad_inputs = net.backward([w.copy() for w in weights])
     grads = {k: v.copy() for k, v in net.grads.items()}
+    live_state = {id(layer): {k: v for k, v in layer.params.items()
+                              if k not in trainable_names(layer)} for layer in net.layers}
 
     def objective() -> float:
-        outs = net.forward(inputs, train=False)
-        return float(sum(np.sum(o * w) for o, w in zip(outs, weights)))
+        for layer in net.layers:  # replay train mode from the state before the first call
+            twin = copy.deepcopy(snapshots[id(layer)])
+            for key, value in vars(twin).items():
+                if key != "params":
+                    setattr(layer, key, value)
+            for key in live_state[id(layer)]:
+                layer.params[key][...] = twin.params[key]
+        outs = net.forward(inputs, train=True)
+        net._release_caches()
+        return float(sum(np.sum(o * w) for o, w in zip(outs, weights, strict=True)))
 
     report = GradientReport()
-    for i, (x, g) in enumerate(zip(inputs, grad_inputs)):
+    for i, (x, g) in enumerate(zip(inputs, grad_inputs, strict=True)):
         if np.issubdtype(x.dtype, np.floating):
             report.add(f"network input {i}", g, numeric_gradient(objective, x), rtol, atol)
     for key, value in net.params.items():
-        report.add(f"network param {key}", grads[key], numeric_gradient(objective, value),
-                   rtol, atol)
+        if key in grads:
+            report.add(f"network param {key}", grads[key], numeric_gradient(objective, value),
+                       rtol, atol)
     return report
-
