@@ -149,8 +149,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for r in records:
         detail = r.error or ", ".join(f"{len(v)} {PLURAL[k]}" for k, v in r.provides.items())
         rows.append({"plugin": r.name, "distribution": r.distribution, "version": r.version,
-                     "status": r.status, "detail": detail})
-    print(_table(rows, ["plugin", "distribution", "version", "status", "detail"]))
+                     "status": r.status, "ms": f"{1000 * r.load_seconds:.1f}",
+                     "detail": detail})
+    print(_table(rows, ["plugin", "distribution", "version", "status", "ms", "detail"]))
+    registry = get_registry()
+    print(f"discovery took {1000 * registry.discovery_seconds:.1f} ms (entry-point scan "
+          f"{1000 * registry.scan_seconds:.1f} ms)")
+    return 0
+
+
+def cmd_plugin_new(args: argparse.Namespace) -> int:
+    from .scaffold import create_plugin
+
+    target = args.dir if args.dir else args.name
+    written = create_plugin(args.name, target)
+    print(f"created plugin package {args.name!r} in {target}:")
+    for path in written:
+        print(f"  {path}")
+    print(f"next: cd {target} && pip install -e '.[test]' && pytest")
     return 0
 
 
@@ -194,6 +210,13 @@ def make_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugins, loaded and failed, with why")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
+
+    plugin = sub.add_parser("plugin", help="tools for plugin authors")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", required=True)
+    new = plugin_sub.add_parser("new", help="write a ready-to-test layer plugin package")
+    new.add_argument("name", help="distribution name, e.g. acme-layers")
+    new.add_argument("--dir", help="folder to write (default: ./NAME; must be empty)")
+    new.set_defaults(func=cmd_plugin_new)
     return parser
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import importlib.metadata as metadata
 import os
+import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -31,6 +33,10 @@ from .optimizer import Optimizer
 ENTRY_POINT_GROUP = "deltaprop"
 STRICT_ENV = "DELTAPROP_STRICT_PLUGINS"
 DISABLE_ENV = "DELTAPROP_DISABLE_PLUGINS"
+#: Module attribute a plugin may set to the deltaprop versions it supports (a PEP 440
+#: specifier such as ``">=0.1,<0.3"``), for plugins that are not installed
+#: distributions; an installed one says it with ``Requires-Dist: deltaprop...``.
+REQUIRES_ATTRIBUTE = "DELTAPROP_REQUIRES"
 
 #: kind -> (hook name, base class or None for plain callables)
 KINDS: dict[str, tuple[str, type | None]] = {
@@ -64,6 +70,8 @@ class PluginRecord:
     status: str = "pending"  # loaded | failed | disabled
     error: str | None = None
     provides: dict[str, list[str]] = field(default_factory=dict)
+    #: seconds spent importing the module and calling its hooks
+    load_seconds: float = 0.0
 
     @property
     def provider(self) -> Provider:
@@ -72,7 +80,7 @@ class PluginRecord:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "distribution": self.distribution, "version": self.version,
                 "module": self.value, "status": self.status, "error": self.error,
-                "provides": self.provides}
+                "provides": self.provides, "load_seconds": round(self.load_seconds, 6)}
 
 
 def _env_flag(name: str) -> bool:
@@ -97,7 +105,9 @@ class Registry:
         self._plugins: list[PluginRecord] = []
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
+        #: wall time of the whole discovery, and of the entry-point scan within it
         self.discovery_seconds = 0.0
+        self.scan_seconds = 0.0
 
     # -- discovery -------------------------------------------------------------------
     def _ensure(self) -> None:
@@ -111,29 +121,34 @@ class Registry:
         order site-packages happens to list them."""
         start = time.perf_counter()
         self._discovered = True
-        eps = list(metadata.entry_points(group=self.group))
-
-        def order(ep: metadata.EntryPoint) -> tuple[int, str, str]:
-            dist = _dist_name(ep)
-            return (0 if dist == "deltaprop" else 1, dist, ep.name)
-
+        eps = scan_entry_points(self.group)
+        self.scan_seconds = time.perf_counter() - start
         seen: set[tuple[str, str]] = set()
-        for ep in sorted(eps, key=order):
-            key = (_dist_name(ep), ep.name)
+        for ep in eps:
+            key = (ep.distribution, ep.name)
             if key in seen:  # the same distribution visible twice on sys.path
                 continue
             seen.add(key)
-            record = PluginRecord(ep.name, _dist_name(ep), _dist_version(ep), ep.value)
+            record = PluginRecord(ep.name, ep.distribution, ep.version, ep.value)
             self._plugins.append(record)
             if ep.name in self.disabled:
                 record.status = "disabled"
+                continue
+            loading = time.perf_counter()
+            unsupported = _unsupported_requirement(ep.requires)
+            if unsupported:
+                self._fail(record, f"supports {unsupported} (its Requires-Dist), but this is "
+                                   f"deltaprop {_deltaprop_version()}; not imported")
                 continue
             try:
                 plugin = ep.load()
             except Exception as exc:  # any import failure must not take the registry down
                 self._fail(record, f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}")
                 continue
+            finally:
+                record.load_seconds = time.perf_counter() - loading
             self._add(record, plugin)
+            record.load_seconds = time.perf_counter() - loading
         self.discovery_seconds = time.perf_counter() - start
 
     def register_plugin(self, plugin: Any, name: str | None = None, *,
@@ -158,6 +173,14 @@ class Registry:
         warnings.warn(full + "; skipped", RuntimeWarning, stacklevel=3)
 
     def _add(self, record: PluginRecord, plugin: Any) -> None:
+        declared = getattr(plugin, REQUIRES_ATTRIBUTE, None)
+        if declared is not None:
+            bad = _unsupported_requirement([f"deltaprop {declared}"]) if isinstance(
+                declared, str) else f"{declared!r}"
+            if bad:
+                self._fail(record, f"supports deltaprop {declared} ({REQUIRES_ATTRIBUTE}), but "
+                                   f"this is deltaprop {_deltaprop_version()}")
+                return
         try:
             self._pm.register(plugin, name=f"{record.distribution}:{record.name}")
         except Exception as exc:
@@ -263,14 +286,86 @@ def _validate(kind: str, base: type | None, result: Any, hook_name: str) -> dict
     return items
 
 
-def _dist_name(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.metadata["Name"] if dist is not None else "(unknown distribution)"
+@dataclass(frozen=True)
+class ScannedEntryPoint:
+    """What discovery needs of one entry point, read once from the distribution's
+    metadata (so a registry made again, as tests do, costs no second scan)."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+    requires: tuple[str, ...]
+
+    def load(self) -> Any:
+        return metadata.EntryPoint(self.name, self.value, ENTRY_POINT_GROUP).load()
 
 
-def _dist_version(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.version if dist is not None else ""
+_scan_cache: dict[tuple[Any, ...], list[ScannedEntryPoint]] = {}
+
+
+def _path_stamp() -> tuple[Any, ...]:
+    """sys.path and the modification time of each entry: installing or removing a
+    distribution changes its site-packages directory, and so the stamp."""
+    stamp: list[Any] = []
+    for entry in sys.path:
+        try:
+            stamp.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            stamp.append((entry, None))
+    return tuple(stamp)
+
+
+def scan_entry_points(group: str = ENTRY_POINT_GROUP) -> list[ScannedEntryPoint]:
+    """The group's entry points, the deltaprop distribution first, then the others by
+    distribution and name, so precedence does not depend on the order site-packages
+    happens to list them. Cached per process until sys.path or a directory on it changes:
+    the scan reads every installed distribution's metadata, which is slow on some
+    Pythons and with many packages installed."""
+    key = (group, _path_stamp())
+    cached = _scan_cache.get(key)
+    if cached is not None:
+        return list(cached)
+    found = []
+    for ep in metadata.entry_points(group=group):
+        dist = getattr(ep, "dist", None)
+        found.append(ScannedEntryPoint(
+            ep.name, ep.value,
+            dist.metadata["Name"] if dist is not None else "(unknown distribution)",
+            dist.version if dist is not None else "",
+            tuple(dist.requires or ()) if dist is not None else ()))
+    found.sort(key=lambda e: (0 if e.distribution == "deltaprop" else 1, e.distribution, e.name))
+    _scan_cache.clear()
+    _scan_cache[key] = found
+    return list(found)
+
+
+def _deltaprop_version() -> str:
+    try:
+        return metadata.version("deltaprop")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0.0.0"
+
+
+def _unsupported_requirement(requires: Iterable[str]) -> str | None:
+    """The plugin's requirement on deltaprop (e.g. ``deltaprop>=2``) when the running
+    deltaprop does not satisfy it, else None. Requirements behind an extra or a marker
+    that does not hold here are ignored."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    current = _deltaprop_version()
+    for text in requires:
+        if not re.match(r"\s*deltaprop\b(?![-_.]?[a-z0-9])", text, re.IGNORECASE):
+            continue
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            return f"an unreadable requirement {text!r}"
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        if not requirement.specifier.contains(current, prereleases=True):
+            return f"deltaprop{requirement.specifier}"
+    return None
 
 
 _default: Registry | None = None
