@@ -3,7 +3,7 @@ per-parameter state that can be saved and restored (for checkpoints)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

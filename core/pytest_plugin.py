@@ -34,7 +34,7 @@ MARKER = "deltaprop_distribution"
 class LayerCase:
     """One example of one layer class, ready to run through the conformance kit."""
 
-    layer_class: type
+    layer_class: Any
     example: dict[str, Any] = field(default_factory=dict)
     distribution: str = ""
 
@@ -61,7 +61,7 @@ class LayerCase:
 class LossCase:
     """One example of one loss class, for the finite-difference gradient check."""
 
-    loss_class: type
+    loss_class: Any
     example: dict[str, Any] = field(default_factory=dict)
     distribution: str = ""
 

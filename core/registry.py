@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -157,7 +157,8 @@ class Registry:
         notebooks, tests and layers defined in a script."""
         self._ensure()
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-        record = PluginRecord(name, distribution, version, getattr(plugin, "__name__", repr(plugin)))
+        module = getattr(plugin, "__name__", repr(plugin))
+        record = PluginRecord(name, distribution, version, module)
         self._plugins.append(record)
         if name in self.disabled:
             record.status = "disabled"
@@ -278,6 +279,7 @@ def _validate(kind: str, base: type | None, result: Any, hook_name: str) -> dict
     for cls in result:
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise _Rejected(f"hook {hook_name} returned {cls!r}, not a {base.__name__} subclass")
+        cls = cast(Any, cls)  # a Layer, Loss or Optimizer subclass, with a `name`
         if not isinstance(cls.name, str) or not cls.name:
             raise _Rejected(f"{cls.__qualname__} has no registry name (class attribute `name`)")
         if cls.name in items:

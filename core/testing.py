@@ -315,7 +315,8 @@ def check_no_per_call_state(layer_class: type[Layer], input_shapes: Sequence[Seq
     alone2 = alone.backward(c, g2)
     for which, got, want in (("first", interleaved1, alone1), ("second", interleaved2, alone2)):
         for i, (a, b) in enumerate(zip(got[0], want[0], strict=True)):
-            if (a is None) != (b is None) or (a is not None and not np.allclose(a, b)):
+            if (a is None) != (b is None) or (
+                    a is not None and b is not None and not np.allclose(a, b)):
                 raise AssertionError(
                     f"{name}: the {which} call's input {i} gradient changed when another "
                     f"forward ran before its backward: the layer keeps per-call state on "

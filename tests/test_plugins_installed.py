@@ -174,4 +174,4 @@ def test_the_entry_point_scan_is_cached_and_follows_installs(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     assert scan_entry_points() == first
     assert len(calls) == 1
-    assert [e.distribution for e in first][0] == "deltaprop"
+    assert first[0].distribution == "deltaprop"
