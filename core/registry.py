@@ -329,13 +329,18 @@ def scan_entry_points(group: str = ENTRY_POINT_GROUP) -> list[ScannedEntryPoint]
     if cached is not None:
         return list(cached)
     found = []
+    described: dict[int, tuple[str, str, tuple[str, ...]]] = {}
     for ep in metadata.entry_points(group=group):
         dist = getattr(ep, "dist", None)
-        found.append(ScannedEntryPoint(
-            ep.name, ep.value,
-            dist.metadata["Name"] if dist is not None else "(unknown distribution)",
-            dist.version if dist is not None else "",
-            tuple(dist.requires or ()) if dist is not None else ()))
+        if dist is None:
+            about: tuple[str, str, tuple[str, ...]] = ("(unknown distribution)", "", ())
+        elif id(dist) in described:
+            about = described[id(dist)]
+        else:  # read each distribution's METADATA once, not once per entry point
+            meta = dist.metadata
+            about = (meta["Name"], meta["Version"], tuple(meta.get_all("Requires-Dist") or ()))
+            described[id(dist)] = about
+        found.append(ScannedEntryPoint(ep.name, ep.value, *about))
     found.sort(key=lambda e: (0 if e.distribution == "deltaprop" else 1, e.distribution, e.name))
     _scan_cache.clear()
     _scan_cache[key] = found
