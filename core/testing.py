@@ -261,11 +261,13 @@ def check_save_load(layer_class: type[Layer], input_shapes: Sequence[Sequence[in
     try:
         dtype = config.get("dtype", "float32")
         layer = construct(layer_class, config)
-        inputs = [Input(tuple(s), name=f"in{i}", dtype=dtype) for i, s in enumerate(input_shapes)]
+        arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype,
+                               seed=check_seed)
+        inputs = [Input(tuple(s), name=f"in{i}", dtype=a.dtype.name)
+                  for i, (s, a) in enumerate(zip(input_shapes, arrays, strict=True))]
         outs = layer(*inputs)
         outs = list(outs) if isinstance(outs, tuple) else [outs]
         net = Network(inputs, outs, name=f"conformance_{name}")
-        arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype, seed=check_seed)
         net.forward(arrays, train=True)  # let train-mode state (running statistics) move
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.npz")
@@ -348,7 +350,8 @@ def check_cache_released(layer_class: type[Layer], input_shapes: Sequence[Sequen
         raise AssertionError(f"{name}: the cache holds the layer object itself; cache only "
                              f"the arrays backward needs")
     fresh = construct(layer_class, config)
-    inputs = [Input(tuple(s), dtype=dtype) for s in input_shapes]
+    inputs = [Input(tuple(s), dtype=a.dtype.name)
+              for s, a in zip(input_shapes, arrays, strict=True)]
     outs = fresh(*inputs)
     outs = list(outs) if isinstance(outs, tuple) else [outs]
     net = Network(inputs, outs)
@@ -383,8 +386,10 @@ def check_train_inference(layer_class: type[Layer], input_shapes: Sequence[Seque
     layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
     arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype, seed=check_seed + 1)
     before = {k: v.copy() for k, v in layer.params.items()}
+    originals = [a.copy() for a in arrays]
     first, _ = layer.forward(tuple(arrays), train=False)
     _check_outputs(name, first, layer, batch, dtype)
+    _check_unmodified(name, "an inference forward", arrays, originals)
     second, _ = layer.forward(tuple(a.copy() for a in arrays), train=False)
     for k, (a, b) in enumerate(zip(first, second, strict=True)):
         if not np.array_equal(a, b):
@@ -394,7 +399,6 @@ def check_train_inference(layer_class: type[Layer], input_shapes: Sequence[Seque
         if not np.array_equal(layer.params[key], value):
             raise AssertionError(f"{name}: inference changed parameter {key!r}")
     snapshot = {k: v.copy() for k, v in layer.params.items()}
-    originals = [a.copy() for a in arrays]
     outputs, cache = layer.forward(tuple(arrays), train=True)
     _check_outputs(name, outputs, layer, batch, dtype)
     for key in trainable_names(layer):
@@ -404,12 +408,17 @@ def check_train_inference(layer_class: type[Layer], input_shapes: Sequence[Seque
     grads = tuple(np.ones_like(o) for o in outputs)
     kept = [g.copy() for g in grads]
     layer.backward(cache, grads)
-    for i, (a, b) in enumerate(zip(arrays, originals, strict=True)):
-        if not np.array_equal(a, b):
-            raise AssertionError(f"{name}: forward or backward modified input {i} in place")
+    _check_unmodified(name, "a train-mode forward or backward", arrays, originals)
     for i, (a, b) in enumerate(zip(grads, kept, strict=True)):
         if not np.array_equal(a, b):
             raise AssertionError(f"{name}: backward modified grad_outputs[{i}] in place")
+
+
+def _check_unmodified(name: str, what: str, arrays: Sequence[np.ndarray],
+                      originals: Sequence[np.ndarray]) -> None:
+    for i, (a, b) in enumerate(zip(arrays, originals, strict=True)):
+        if not np.array_equal(a, b):
+            raise AssertionError(f"{name}: {what} modified input {i} in place")
 
 
 def check_dtypes(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,

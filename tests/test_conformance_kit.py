@@ -1,0 +1,150 @@
+"""The conformance kit catches each kind of protocol violation it claims to, and its
+pytest plugin parametrizes over a distribution's layers (and fails loudly when the
+distribution registers none)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deltaprop
+from deltaprop import Layer
+from deltaprop.testing import CHECKS, check_conformance
+
+pytest_plugins = ["pytester"]
+
+
+class Good(Layer):
+    """y = x * w, a per-feature weight: the template the broken variants below bend."""
+
+    name = "kit_good"
+
+    def __init__(self, *, factor: float = 1.0, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        self.factor = factor
+
+    def build(self, input_shapes, rng=None):
+        self.expect_inputs(input_shapes)
+        self.add_param("w", (input_shapes[0][-1],), "glorot_uniform", rng, fan_in=2, fan_out=2)
+        return (tuple(input_shapes[0]),)
+
+    def forward(self, inputs, *, train):
+        (x,) = inputs
+        return (x * self.params["w"] * self.factor,), (x if train else None)
+
+    def backward(self, cache, grad_outputs, *, needs_grad=None):
+        x, (g,) = cache, grad_outputs
+        return (g * self.params["w"] * self.factor,), {"w": (g * x).sum(axis=0) * self.factor}
+
+
+class KeepsInputOnSelf(Good):
+    def forward(self, inputs, *, train):
+        self._x = inputs[0]
+        return super().forward(inputs, train=train)
+
+    def backward(self, cache, grad_outputs, *, needs_grad=None):
+        return super().backward(self._x, grad_outputs)
+
+
+class CachesAtInference(Good):
+    def forward(self, inputs, *, train):
+        outputs, _ = super().forward(inputs, train=True)
+        return outputs, inputs[0]
+
+
+class LeaksFloat64(Good):
+    def forward(self, inputs, *, train):
+        (y,), cache = super().forward(inputs, train=train)
+        return (y.astype(np.float64),), cache
+
+
+class RenamesItsConfig(Good):
+    def __init__(self, *, factor: float = 1.0, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        self.factor = 1.0  # ignores the argument: get_config cannot round-trip it
+        self._factor = factor
+
+
+class AcceptsAnyShape(Good):
+    def build(self, input_shapes, rng=None):
+        self.add_param("w", (input_shapes[0][-1],), "ones", rng)
+        return (tuple(input_shapes[0]),)
+
+
+class ModifiesItsInput(Good):
+    def forward(self, inputs, *, train):
+        outputs, cache = super().forward(inputs, train=train)
+        inputs[0][...] = 0
+        return outputs, cache
+
+
+class StateOutsideParams(Good):
+    def build(self, input_shapes, rng=None):
+        shapes = super().build(input_shapes, rng)
+        self.offset = float(np.random.default_rng().standard_normal())  # not saved
+        return shapes
+
+    def forward(self, inputs, *, train):
+        (y,), cache = super().forward(inputs, train=train)
+        return (y + np.float32(self.offset).astype(y.dtype),), cache
+
+
+@pytest.mark.parametrize(("layer_class", "check", "message"), [
+    (KeepsInputOnSelf, "no_per_call_state", "per-call state"),
+    (CachesAtInference, "cache_released", "inference must cache nothing"),
+    (LeaksFloat64, "dtypes", "float32 layer returned a float64 output"),
+    (RenamesItsConfig, "config_round_trip", "factor"),
+    (AcceptsAnyShape, "rejects_bad_shapes", "accepted the wrong input shapes"),
+    (ModifiesItsInput, "train_inference", "modified input 0 in place"),
+    (StateOutsideParams, "save_load", "differs after a save/load round trip"),
+])
+def test_each_check_catches_its_violation(layer_class, check, message):
+    layer_class.name = f"kit_{layer_class.__name__.lower()}"
+    with pytest.raises(AssertionError, match=message):
+        check_conformance(layer_class, [(4,)], checks=[check], factor=2.0)
+
+
+def test_a_conforming_layer_passes_every_check():
+    report = check_conformance(Good, [(4,)], factor=2.0)
+    assert report.passed == list(CHECKS)
+    assert report.gradients is not None and report.gradients.max_rel_error < 1e-6
+
+
+def test_unknown_check_names_are_refused():
+    with pytest.raises(ValueError, match="unknown check"):
+        check_conformance(Good, [(4,)], checks=["gradient"])
+
+
+def test_pytest_plugin_parametrizes_over_a_distributions_layers(pytester):
+    pytester.makepyfile(test_kit="""
+        import pytest
+        pytestmark = pytest.mark.deltaprop_distribution("deltaprop")
+
+        def test_layer(deltaprop_layer_case):
+            deltaprop_layer_case.check(checks=["config_round_trip"])
+
+        def test_loss(deltaprop_loss_case):
+            deltaprop_loss_case.check()
+    """)
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    builtins = deltaprop.get_registry()
+    layer_cases = sum(max(1, len(builtins.get("layer", n).examples))
+                      for n in builtins.names("layer")
+                      if builtins.provider("layer", n).distribution == "deltaprop")
+    loss_cases = sum(max(1, len(builtins.get("loss", n).examples))
+                     for n in builtins.names("loss")
+                     if builtins.provider("loss", n).distribution == "deltaprop")
+    result.assert_outcomes(passed=layer_cases + loss_cases)
+
+
+def test_pytest_plugin_fails_for_a_distribution_that_registers_nothing(pytester):
+    pytester.makeini("[pytest]\ndeltaprop_distribution = not-installed-anywhere\n")
+    pytester.makepyfile(test_kit="""
+        def test_layer(deltaprop_layer_case):
+            deltaprop_layer_case.check()
+    """)
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*not-installed-anywhere*registers no layers*"])
