@@ -218,8 +218,8 @@ TEMPLATES["tox.ini"] = '''\
 # newest deltaprop it supports (the range in pyproject.toml):
 #   tox                      # the whole matrix
 #   tox -e py312-latest      # one environment
-# Where deltaprop is not on the package index, point pip at a folder of its wheels:
-#   PIP_FIND_LINKS=/path/to/wheels tox
+# Where deltaprop is not on the package index, point the installer at a folder of its
+# wheels: PIP_FIND_LINKS=/path/to/wheels tox (UV_FIND_LINKS with tox-uv)
 [tox]
 envlist = $envlist
 skip_missing_interpreters = true
