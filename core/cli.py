@@ -17,7 +17,8 @@ import numpy as np
 from .errors import ConfigError, DeltapropError
 
 EXIT_ERROR = 2
-PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers", "initializer": "initializers"}
+PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
+          "initializer": "initializers"}
 
 
 def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:

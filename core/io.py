@@ -59,7 +59,7 @@ def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     try:
         with atomic_write(path) as handle:
-            np.savez(handle, **{META: blob}, **arrays)
+            np.savez(handle, **{META: blob}, **arrays)  # type: ignore[arg-type]
     except OSError as exc:
         raise ModelFileError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 

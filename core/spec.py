@@ -118,7 +118,8 @@ class _Checked:
         if not isinstance(self.name, str):
             raise SpecError(f"{source}: name must be a string")
         self.seed = spec.get("seed")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (isinstance(self.seed, bool)
+                                      or not isinstance(self.seed, int)):
             raise SpecError(f"{source}: seed must be an integer, got {self.seed!r}")
         inputs = spec.get("inputs")
         if not isinstance(inputs, Mapping) or not inputs:
@@ -160,6 +161,7 @@ class _Checked:
             raise SpecError(f"{where}: must be a table/object")
         name = node.get("name")
         self._check_name(name, f"{where}:")
+        assert isinstance(name, str)
         where = f"{self.source}: node {name!r}"
         if ("layer" in node) == ("shares" in node):
             raise SpecError(f"{where}: give exactly one of `layer` (a registry name) or "
@@ -314,7 +316,6 @@ def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
     except DeltapropError as exc:
         raise SpecError(f"{source}: {exc}") from None
     net.train_config = checked.train
-    net.spec_dtype = checked.dtype
     return net
 
 

@@ -47,11 +47,11 @@ def test_idx_folder_gzipped_and_plain(tmp_path, rng):
 def test_idx_errors_name_the_file(tmp_path):
     bad_magic = tmp_path / "bad"
     bad_magic.write_bytes(b"\x01\x02\x08\x01" + (3).to_bytes(4, "big") + b"abc")
-    with pytest.raises(DataError, match="bad'.*wrong magic"):
+    with pytest.raises(DataError, match=r"bad'.*wrong magic"):
         read_idx(bad_magic)
     short = tmp_path / "short"
     short.write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"abc")
-    with pytest.raises(DataError, match="short'.*declares shape"):
+    with pytest.raises(DataError, match=r"short'.*declares shape"):
         read_idx(short)
 
 

@@ -117,5 +117,5 @@ def test_a_layer_whose_plugin_is_gone_names_the_distribution(tmp_path, net):
                                          "version": "1.2"}
     gone = tmp_path / "gone.npz"
     rewrite(good, gone, meta=meta)
-    with pytest.raises(ModelFileError, match="swish_deluxe.*fancy-layers"):
+    with pytest.raises(ModelFileError, match=r"swish_deluxe.*fancy-layers"):
         load(gone)

@@ -104,13 +104,13 @@ def test_malformed_specs_are_rejected_naming_the_culprit(changes, message):
 def test_invalid_files(tmp_path):
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("inputs = [\n")
-    with pytest.raises(SpecError, match="bad.toml.*invalid TOML"):
+    with pytest.raises(SpecError, match=r"bad.toml.*invalid TOML"):
         load_spec(bad_toml)
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{")
-    with pytest.raises(SpecError, match="bad.json.*invalid JSON"):
+    with pytest.raises(SpecError, match=r"bad.json.*invalid JSON"):
         load_spec(bad_json)
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "missing.toml")
-    with pytest.raises(SpecError, match=".toml or .json"):
+    with pytest.raises(SpecError, match=r".toml or .json"):
         load_spec(tmp_path / "spec.yaml")
