@@ -35,6 +35,7 @@ class Configurable:
     """Mixin: ``get_config`` / ``from_config`` from the constructor signature."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = "component"
     #: constructor arguments left out of the config (they are not hyper-parameters)
     _not_config: tuple[str, ...] = ("label",)
 
@@ -56,23 +57,22 @@ class Configurable:
         return construct(cls, {**config, **extra})
 
 
-def construct(cls: type, config: dict[str, Any]) -> Any:
+def construct(cls: Any, config: dict[str, Any]) -> Any:
     """Instantiate ``cls(**config)``, turning an unknown key into a ConfigError that lists
     the valid ones instead of a bare TypeError."""
     keys = cls.config_keys() if hasattr(cls, "config_keys") else []
     allowed = set(keys) | set(getattr(cls, "_not_config", ()))
     unknown = sorted(set(config) - allowed)
     kind = getattr(cls, "kind", "component")
-    label = getattr(cls, "name", cls.__name__)
     if unknown:
         raise ConfigError(
-            f"{kind} {label!r}: unknown config key(s) {', '.join(map(repr, unknown))}; "
+            f"{kind} {cls.name!r}: unknown config key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(keys) or '(none)'}"
         )
     try:
         return cls(**config)
     except TypeError as exc:
-        raise ConfigError(f"{kind} {label!r}: {exc}") from None
+        raise ConfigError(f"{kind} {cls.name!r}: {exc}") from None
 
 
 def check_dtype(owner: str, dtype: Any) -> str:
@@ -97,8 +97,9 @@ def non_negative_int(owner: str, key: str, value: Any) -> int:
 def number(owner: str, key: str, value: Any, *, low: float | None = None,
            high: float | None = None, low_open: bool = False) -> float:
     """A real number within [low, high] (or (low, high] when ``low_open``)."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not np.isfinite(float(value))):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(
+        float(value)
+    ):
         raise ConfigError(f"{owner}: {key} must be a finite number, got {value!r}")
     value = float(value)
     if low is not None and (value < low or (low_open and value == low)):

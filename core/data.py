@@ -70,8 +70,8 @@ def fit_to_shape(x: np.ndarray, shape: tuple[int, ...], name: str = "data") -> n
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """The bundled digits, shuffled with a fixed seed and split (1437 train, 360 test)."""
-    source = resources.files("deltaprop").joinpath("data/digits.npz")
-    with source.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+    bundled = resources.files("deltaprop").joinpath("data/digits.npz")
+    with bundled.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
         images, labels = archive["images"], archive["labels"]
     order = np.random.default_rng(seed).permutation(len(images))
     images = images[order].astype(np.float32) / 16.0
@@ -128,8 +128,8 @@ def load_idx_folder(folder: str | os.PathLike[str]) -> Dataset:
 
 
 def _labels(y: np.ndarray, name: str) -> np.ndarray:
-    if y.ndim == 1 and np.issubdtype(y.dtype, np.floating) and (
-            not np.all(np.isfinite(y)) or not np.all(y == np.round(y))):
+    floating = y.ndim == 1 and np.issubdtype(y.dtype, np.floating)
+    if floating and (not np.all(np.isfinite(y)) or not np.all(y == np.round(y))):
         raise DataError(f"data {name!r}: labels must be whole numbers")
     if y.ndim == 1:
         if y.size and y.min() < 0:

@@ -19,7 +19,7 @@ class Optimizer(Configurable):
     parameter key to a dict of named arrays, plus the step counter ``self.t``.
     """
 
-    kind = "optimizer"
+    kind: ClassVar[str] = "optimizer"
     name: ClassVar[str] = ""
 
     def __init__(self, *, lr: float = 0.01) -> None:

@@ -1,0 +1,126 @@
+"""One training step of a ReLU MLP: deltaprop against the same step written as plain
+numpy, against its raw matrix products alone, and against PyTorch CPU when installed.
+
+    python -m benchmarks.mlp [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+import deltaprop
+from benchmarks.common import format_rows, interleaved_medians, row, torch_or_none
+
+LR = 0.01
+
+
+def make_case(sizes: tuple[int, ...], batch: int, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    layers = []
+    for i, units in enumerate(sizes[1:]):
+        layers.append(deltaprop.create("dense", units=units, kernel_initializer="he_normal"))
+        if i < len(sizes) - 2:
+            layers.append(deltaprop.create("relu"))
+    net = deltaprop.Sequential(layers, input_shape=(sizes[0],), seed=seed)
+    weights = [(p["W"].copy(), p["b"].copy()) for p in
+               (layer.params for layer in net.layers if layer.params)]
+    return {"x": x, "y": y, "net": net, "weights": weights,
+            "optimizer": deltaprop.create_optimizer("sgd", lr=LR),
+            "loss": deltaprop.create_loss("softmax_cross_entropy")}
+
+
+def numpy_step(weights: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray,
+               y: np.ndarray) -> float:
+    """The textbook step by hand: forward, softmax cross-entropy, backward, SGD."""
+    acts = [x]
+    h = x
+    for i, (W, b) in enumerate(weights):
+        z = h @ W
+        z += b
+        h = np.maximum(z, 0) if i < len(weights) - 1 else z
+        acts.append(h)
+    logits = acts[-1]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(shifted)
+    p /= p.sum(axis=1, keepdims=True)
+    n = len(x)
+    loss = -np.log(p[np.arange(n), y]).mean()
+    delta = p
+    delta[np.arange(n), y] -= 1
+    delta /= n
+    for i in range(len(weights) - 1, -1, -1):
+        W, b = weights[i]
+        gW = acts[i].T @ delta
+        gb = delta.sum(axis=0)
+        if i > 0:
+            delta = (delta @ W.T) * (acts[i] > 0)
+        W -= LR * gW
+        b -= LR * gb
+    return float(loss)
+
+
+def matmuls_only(weights: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> None:
+    """The GEMMs of the step and nothing else: the floor any implementation pays."""
+    acts = [x]
+    for W, _ in weights:
+        acts.append(acts[-1] @ W)
+    delta = acts[-1]
+    for i in range(len(weights) - 1, -1, -1):
+        _ = acts[i].T @ delta
+        if i > 0:
+            delta = delta @ weights[i][0].T
+
+
+def torch_step(torch: Any, sizes: tuple[int, ...], batch: int) -> Any:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    mods: list[Any] = []
+    for i, units in enumerate(sizes[1:]):
+        mods.append(torch.nn.Linear(sizes[i], units))
+        if i < len(sizes) - 2:
+            mods.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*mods)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, sizes[0])).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, sizes[-1], batch))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    torch = torch_or_none()
+    repeats = 10 if quick else 40
+    cases = [((784, 512, 256, 10), 32), ((784, 512, 256, 10), 128),
+             ((784, 512, 256, 10), 512), ((64, 32, 10), 32)]
+    rows = []
+    for sizes, batch in cases:
+        case = make_case(sizes, batch)
+        net, x, y = case["net"], case["x"], case["y"]
+        candidates = {
+            "deltaprop": lambda net=net, x=x, y=y, c=case: net.train_step(
+                x, y, loss=c["loss"], optimizer=c["optimizer"]),
+            "numpy": lambda c=case, x=x, y=y: numpy_step(c["weights"], x, y),
+            "matmuls": lambda c=case, x=x: matmuls_only(c["weights"], x),
+        }
+        if torch is not None:
+            candidates["torch"] = torch_step(torch, sizes, batch)
+        ms = interleaved_medians(candidates, repeats=repeats)
+        label = "-".join(map(str, sizes))
+        rows.append(row("mlp", f"{label} b{batch}", ms, "numpy"))
+    return rows
+
+
+if __name__ == "__main__":
+    print(format_rows(run(quick="--quick" in sys.argv)))
