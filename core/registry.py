@@ -11,6 +11,7 @@ recorded as failed (with why) and skipped, or raises in strict mode.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.metadata as metadata
 import os
 import re
@@ -347,6 +348,7 @@ def scan_entry_points(group: str = ENTRY_POINT_GROUP) -> list[ScannedEntryPoint]
     return list(found)
 
 
+@functools.lru_cache(maxsize=1)
 def _deltaprop_version() -> str:
     try:
         return metadata.version("deltaprop")
@@ -360,7 +362,6 @@ def _unsupported_requirement(requires: Iterable[str]) -> str | None:
     that does not hold here are ignored."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    current = _deltaprop_version()
     for text in requires:
         if not re.match(r"\s*deltaprop\b(?![-_.]?[a-z0-9])", text, re.IGNORECASE):
             continue
@@ -370,7 +371,7 @@ def _unsupported_requirement(requires: Iterable[str]) -> str | None:
             return f"an unreadable requirement {text!r}"
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue
-        if not requirement.specifier.contains(current, prereleases=True):
+        if not requirement.specifier.contains(_deltaprop_version(), prereleases=True):
             return f"deltaprop{requirement.specifier}"
     return None
 
