@@ -53,7 +53,16 @@ class Layer(Configurable):
     #: How many inputs the layer takes: an int, or None for "one or more".
     n_inputs: ClassVar[int | None] = 1
     #: True for layers whose output is ``f(input)`` element by element (fusion, in-place).
+    #: An element-wise layer whose derivative is written from its output also defines
+    #: ``backward_from_output(y, g) -> delta of the input``: the fusion pass then merges it
+    #: into the layer before it (see ``deltaprop.passes``).
     elementwise: ClassVar[bool] = False
+    #: True when ``forward_in_place`` may overwrite its single input; the executor calls
+    #: it only after proving that nobody else holds that array (``deltaprop.memory``).
+    can_work_in_place: ClassVar[bool] = False
+    #: False for layers whose training forward draws random numbers or updates state
+    #: (dropout, batch statistics): recomputation then keeps their caches instead.
+    recomputable: ClassVar[bool] = True
 
     def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
         self.dtype = check_dtype(f"layer {self.name!r}", dtype)
@@ -131,6 +140,18 @@ class Layer(Configurable):
         so a layer may return None there and skip the work.
         """
         raise NotImplementedError(f"layer {self.name!r} does not implement backward")
+
+    def forward_in_place(self, inputs: Arrays, *, train: bool) -> tuple[Arrays, Any]:
+        """Like ``forward``, but may write the output into ``inputs[0]`` (only called on
+        layers with ``can_work_in_place`` and arrays nobody else holds)."""
+        return self.forward(inputs, train=train)
+
+    def fused_with(self, activation: Layer) -> Layer | None:
+        """The fused form of this layer followed by the element-wise ``activation``, or
+        None to refuse fusion. The default, generic form runs the two in one node."""
+        from .passes import FusedActivation
+
+        return FusedActivation(self, activation)
 
     # -- for the conformance kit -----------------------------------------------------
     @classmethod

@@ -13,6 +13,7 @@ import numpy as np
 from .errors import DataError, TrainingError
 from .loss import Loss
 from .optimizer import Optimizer
+from .passes import fuse_loss
 
 if TYPE_CHECKING:
     from .graph import Network
@@ -53,9 +54,17 @@ def train_step(net: Network, x: Any, y: Any, *, loss: str | Loss,
     _single_output(net, "train_step")
     loss_fn = resolve_loss(net, loss)
     opt = resolve_optimizer(net, optimizer)
-    (prediction,) = net.forward(x, train=True)
-    value, cache = loss_fn.forward(prediction, y)
-    net.backward([loss_fn.backward(cache)], input_grads=False)
+    fused = net._loss_fusions.get(id(loss_fn), False)
+    if fused is False:
+        fused = net._loss_fusions[id(loss_fn)] = fuse_loss(net, loss_fn)
+    if fused is not None:  # softmax cross-entropy on the logits, value and delta at once
+        (logits,) = net._forward(x, True, fused.stop, (fused.slot,))
+        value, delta = fused.value_and_grad(logits, np.asarray(y))
+        net._backward([(fused.slot, delta)], False, len(delta))
+    else:
+        (prediction,) = net.forward(x, train=True)
+        value, cache = loss_fn.forward(prediction, y)
+        net.backward([loss_fn.backward(cache)], input_grads=False)
     opt.step(net.params, net.grads)
     return float(value)
 
