@@ -97,9 +97,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                            else train.get("batch_size", 32), "batch_size")
     loss = create_loss(train.get("loss", "softmax_cross_entropy"))
     optimizer = build_optimizer(train, args.lr)
+    net.configure(fuse=not args.no_fuse, recompute=args.recompute)
     print(describe(data))
     print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
           f"{optimizer.name} lr={optimizer.lr}, {epochs} epochs, batch {batch_size}")
+    memory = None
+    if args.memory_report:
+        memory = net.memory_report(batch=batch_size)
+        print(memory)
     start = time.perf_counter()
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       epochs=epochs, batch_size=batch_size, seed=seed,
@@ -117,6 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.metrics_json:
         report = {"test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
                   "final_train_loss": final_loss, "epochs": epochs, "seconds": seconds}
+        if memory is not None:
+            report["memory"] = memory.as_dict()
         with atomic_write(args.metrics_json) as handle:
             handle.write(json.dumps(report, indent=2).encode())
     return 0
@@ -193,6 +200,12 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="save the trained model to this .npz")
     train.add_argument("--metrics-json", help="write the final metrics to this JSON file")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--memory-report", action="store_true",
+                       help="list per node the bytes cached for backward and why, and the peak")
+    train.add_argument("--no-fuse", action="store_true",
+                       help="run the user graph as written (no fusion passes)")
+    train.add_argument("--recompute", action="store_true",
+                       help="keep only segment boundaries; recompute the rest in backward")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on test data")

@@ -483,6 +483,9 @@ class Network:
             values[slot] = value
         caches = self._caches
         tracker = None
+        if not train and self._holding:  # the last training forward's caches are dead now
+            self._release_caches()
+            self._holding = False
         if train:
             if self._holding:
                 self._release_caches()
@@ -523,6 +526,7 @@ class Network:
                 values[s] = out
             for s in step.free_after:
                 values[s] = None
+            out = outputs = None  # hold no reference that would defeat an in-place proof
             if train and step.carries:
                 k = step.index
                 if keep_cache[k]:

@@ -121,7 +121,7 @@ def fuse_activations(steps: Sequence[Step], output_slots: Sequence[int]) -> list
         if i in fused_layer:
             act = next(steps[j] for j, src in merged_into.items() if src == i)
             plan.append(Step(step.node, fused_layer[i], f"{step.name}+{act.name}",
-                             step.in_slots, act.out_slots, (), True,
+                             step.in_slots, act.out_slots, (), bool(step.layer.params),
                              nodes=(*step.nodes, *act.nodes)))
         else:
             plan.append(Step(step.node, step.layer, step.name, step.in_slots,

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers_registry import build_around, fusable_activations, layer_examples
 
 import deltaprop
 from deltaprop import Input, Network, create
 from deltaprop.passes import FusedActivation, softmax_cross_entropy
 from deltaprop.testing import check_network_gradients
-
-from helpers_registry import build_around, fusable_activations, layer_examples
 
 ACTIVATIONS = fusable_activations()
 
