@@ -184,13 +184,15 @@ class Network:
     ``fuse`` (default on) lets graph passes merge a layer and the element-wise
     activation after it, and softmax with cross-entropy at the loss; ``recompute``
     keeps only segment boundaries in training and recomputes the rest in backward
-    (True for segments of about sqrt(n) nodes, or an int for that many per segment).
-    Neither changes results beyond float rounding.
+    (True for segments of about sqrt(n) nodes, or an int for that many per segment);
+    ``plan_memory`` (default on) drops forward values after their last reader and lets
+    element-wise layers work in place on arrays nobody else holds. None of them
+    changes results beyond float rounding.
     """
 
     def __init__(self, inputs: Tensor | Sequence[Tensor], outputs: Tensor | Sequence[Tensor],
                  *, name: str = "network", fuse: bool = True,
-                 recompute: bool | int = False) -> None:
+                 recompute: bool | int = False, plan_memory: bool = True) -> None:
         self.name = name
         self.inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
         self.outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
@@ -212,13 +214,17 @@ class Network:
         self._resolved: dict[tuple[str, str], Any] = {}
         #: the ``[train]`` table of the spec the network came from (loss, optimizer, ...)
         self.train_config: dict[str, Any] = {}
-        self.configure(fuse=fuse, recompute=recompute)
+        self.configure(fuse=fuse, recompute=recompute, plan_memory=plan_memory)
 
-    def configure(self, *, fuse: bool | None = None, recompute: bool | int | None = None
-                  ) -> Network:
-        """Switch graph passes on or off; the plan is rebuilt (caches are dropped)."""
+    def configure(self, *, fuse: bool | None = None, recompute: bool | int | None = None,
+                  plan_memory: bool | None = None) -> Network:
+        """Switch graph passes on or off; the plan is rebuilt (caches are dropped).
+        ``plan_memory`` False keeps every forward value to the end of the forward and
+        never works in place (for comparison)."""
         if fuse is not None:
             self.fuse = bool(fuse)
+        if plan_memory is not None:
+            self.plan_memory = bool(plan_memory)
         if recompute is not None:
             if isinstance(recompute, bool):
                 self.recompute: int | None = 0 if recompute else None
@@ -384,6 +390,12 @@ class Network:
             plan = [Step(s.node, s.layer, s.name, s.in_slots, s.out_slots, (), s.has_params,
                          nodes=s.nodes) for s in self.steps]
         self.plan = self._annotate(plan)
+        if not self.plan_memory:
+            for step in self.plan:
+                step.free_after = ()
+                step.in_place = False
+                if isinstance(step.layer, passes.FusedActivation):
+                    step.layer.in_place = False
         n = len(self.plan)
         self._caches: list[Any] = [None] * n
         self._cache_sizes = [0] * n
@@ -780,7 +792,7 @@ def _accumulate(grads: list[Any], owned: list[bool], slot: int, g: np.ndarray) -
 def Sequential(layers: Sequence[Layer], input_shape: int | Sequence[int], *,
                seed: int | None = None, name: str = "sequential",
                input_dtype: str | None = None, fuse: bool = True,
-               recompute: bool | int = False) -> Network:
+               recompute: bool | int = False, plan_memory: bool = True) -> Network:
     """A chain of single-input, single-output layers, over the same graph machinery."""
     if not layers:
         raise GraphError("Sequential needs at least one layer")
@@ -795,4 +807,4 @@ def Sequential(layers: Sequence[Layer], input_shape: int | Sequence[int], *,
             if not isinstance(y, Tensor):
                 raise GraphError(f"Sequential: layer {layer.name!r} has several outputs; "
                                  f"use the functional API")
-    return Network(x, y, name=name, fuse=fuse, recompute=recompute)
+    return Network(x, y, name=name, fuse=fuse, recompute=recompute, plan_memory=plan_memory)

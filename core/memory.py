@@ -100,29 +100,33 @@ def arrays_in(obj: Any) -> list[np.ndarray]:
 
 
 class ByteTracker:
-    """Bytes held by live caches, each memory block counted once, against the first
-    holder. ``hold(k, obj)`` returns the bytes newly attributed to holder ``k``."""
+    """Bytes held by live holders (caches, kept values), each memory block counted once
+    however many hold it, and freed when its last holder lets go. ``hold(k, obj)``
+    returns the bytes newly held because of ``k`` (the first holder is charged)."""
 
     def __init__(self) -> None:
-        self._owner: dict[int, tuple[Any, np.ndarray, int]] = {}  # root id -> (k, root, bytes)
+        self._blocks: dict[int, list[Any]] = {}  # root id -> [root, bytes, holders, first]
         self._by_holder: dict[Any, list[int]] = {}
         self.current = 0
         self.peak = 0
 
     def hold(self, k: Any, obj: Any) -> int:
         added = 0
+        keys = self._by_holder.setdefault(k, [])
         for array in arrays_in(obj):
             root = _root(array)
             key = id(root)
-            entry = self._owner.get(key)
-            nbytes = min(array.nbytes, root.nbytes) if root is not array else array.nbytes
-            if entry is None:
-                self._owner[key] = (k, root, nbytes)
-                self._by_holder.setdefault(k, []).append(key)
+            nbytes = min(array.nbytes, root.nbytes)
+            block = self._blocks.get(key)
+            if block is None:
+                self._blocks[key] = [root, nbytes, {k}, k]
                 added += nbytes
-            elif nbytes > entry[2] and entry[0] == k:
-                added += nbytes - entry[2]
-                self._owner[key] = (k, root, nbytes)
+            else:
+                if nbytes > block[1]:  # a larger view of the same memory
+                    added += nbytes - block[1]
+                    block[1] = nbytes
+                block[2].add(k)
+            keys.append(key)
         self.current += added
         self.peak = max(self.peak, self.current)
         return added
@@ -130,15 +134,19 @@ class ByteTracker:
     def release(self, k: Any) -> int:
         freed = 0
         for key in self._by_holder.pop(k, ()):
-            entry = self._owner.pop(key, None)
-            if entry is not None:
-                freed += entry[2]
+            block = self._blocks.get(key)
+            if block is None:
+                continue
+            block[2].discard(k)
+            if not block[2]:
+                del self._blocks[key]
+                freed += block[1]
         self.current -= freed
         return freed
 
-    def owner_of(self, array: np.ndarray) -> Any:
-        entry = self._owner.get(id(_root(array)))
-        return None if entry is None else entry[0]
+    def first_holder(self, array: np.ndarray) -> Any:
+        block = self._blocks.get(id(_root(array)))
+        return None if block is None else block[3]
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -167,13 +175,15 @@ class MemoryReport:
     nodes: list[NodeMemory]
     peak_bytes: int
     options: dict[str, Any]
+    peak_live_bytes: int = 0  # caches plus forward values still referenced, in forward
 
     @property
     def total_cached_bytes(self) -> int:
         return sum(n.cached_bytes for n in self.nodes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "peak_bytes": self.peak_bytes, "options": self.options,
+        return {"batch": self.batch, "peak_bytes": self.peak_bytes,
+                "peak_live_bytes": self.peak_live_bytes, "options": self.options,
                 "nodes": [{"node": n.node, "layer": n.layer, "cached_bytes": n.cached_bytes,
                            "note": n.note,
                            "items": [{"what": i.what, "bytes": i.nbytes, "shape": list(i.shape),
@@ -189,6 +199,8 @@ class MemoryReport:
             lines.append(f"{n.node:<24} {n.layer:<20} {fmt_bytes(n.cached_bytes):>12}  {detail}")
         lines.append(f"peak bytes held for backward: {fmt_bytes(self.peak_bytes)} "
                      f"({self.peak_bytes} B)")
+        lines.append(f"peak bytes live in forward (held for backward plus values not yet "
+                     f"dropped): {fmt_bytes(self.peak_live_bytes)} ({self.peak_live_bytes} B)")
         return "\n".join(lines)
 
 
@@ -201,81 +213,101 @@ def fmt_bytes(n: int) -> str:
 
 
 def describe_cache(cache: Any, inputs: Sequence[Any], outputs: Sequence[Any], layer_name: str,
-                   attributed: dict[int, int], owner_name: dict[int, str]) -> list[CachedItem]:
+                   charge: Any, first_name: dict[int, str]) -> list[CachedItem]:
     """Name each array of a cache by what it is (an input, an output, or computed
-    inside forward) and say why backward keeps it."""
+    inside forward) and say why backward keeps it; ``charge(array)`` gives the bytes
+    counted at this node (0 when an earlier node already holds that memory)."""
     items = []
     seen: set[int] = set()
     for array in arrays_in(cache):
-        if id(array) in seen:
-            continue
-        seen.add(id(array))
         root_id = id(_root(array))
+        if root_id in seen:
+            continue
+        seen.add(root_id)
         what, why = "intermediate", f"computed in forward, read by {layer_name} backward"
         for i, x in enumerate(inputs):
-            if x is array or (isinstance(x, np.ndarray) and id(_root(x)) == root_id):
+            if isinstance(x, np.ndarray) and id(_root(x)) == root_id:
                 what, why = f"input {i}", f"{layer_name} backward needs its input"
         for i, y in enumerate(outputs):
-            if y is array or (isinstance(y, np.ndarray) and id(_root(y)) == root_id):
+            if isinstance(y, np.ndarray) and id(_root(y)) == root_id:
                 what, why = f"output {i}", f"{layer_name} derivative is written from its output"
-        nbytes = attributed.pop(root_id, 0)
-        if not nbytes and root_id in owner_name:
-            why += f"; same memory as counted at {owner_name[root_id]}"
+        nbytes = charge(array)
+        if not nbytes and root_id in first_name:
+            why += f"; same memory as counted at {first_name[root_id]}"
         items.append(CachedItem(what, nbytes, tuple(array.shape), why))
     return items
 
 
 def build_report(net: Any, x: Any, batch: int) -> MemoryReport:
-    """One training forward (watched step by step) and backward of ``net``; the per-node
-    bytes come from the forward, the peak from the executor's own accounting, which
-    includes recomputed segments during backward."""
+    """One training forward (watched step by step) and backward of ``net``. Per node:
+    the bytes its cache holds; the peak held for backward comes from the executor's own
+    accounting (which includes recomputed segments during backward); the peak live
+    bytes add the forward values still referenced at each step (what liveness, in-place
+    work and fusion lower)."""
     if x is None:
         x = [np.zeros((batch, *t.shape), dtype=t.dtype) for t in net.inputs]
-    tracker = ByteTracker()
+    held = ByteTracker()  # what caches and kept values hold
+    live = ByteTracker()  # the same plus forward values still referenced
     rows: list[NodeMemory] = []
-    owner_name: dict[int, str] = {}
+    first_name: dict[int, str] = {}
     kept_slots = {s for slots in net._keep_values for s in slots}
 
     def probe(step: Any, inputs: tuple[Any, ...], outputs: tuple[Any, ...], cache: Any) -> None:
-        layer_name = getattr(step.layer, "name", "?")
-        if hasattr(step.layer, "activation"):
-            layer_name = f"{step.layer.layer.name}+{step.layer.activation.name}"
+        layer = step.layer
+        layer_name = (f"{layer.layer.name}+{layer.activation.name}"
+                      if hasattr(layer, "activation") else layer.name)
         row = NodeMemory(step.name, layer_name, 0)
-        held: list[Any] = []
+        keeps_cache = step.carries and net._keep_cache[step.index]
         if not step.carries:
             row.note = "nothing cached: no gradient flows through this node"
-        elif not net._keep_cache[step.index]:
+        elif not keeps_cache:
             row.note = "recomputed in backward from the segment's kept values: nothing held"
-        else:
-            held.append(cache)
         kept = [out for s, out in zip(step.out_slots, outputs) if s in kept_slots]
-        attributed: dict[int, int] = {}
-        for obj in (*held, *kept):
-            before = {id(_root(a)) for a in arrays_in(obj)}
-            tracker.hold(step.index, obj)
-            for key in before:
-                entry = tracker._owner.get(key)
-                if entry is not None and entry[0] == step.index:
-                    attributed[key] = entry[2]
-        if held:
-            row.items = describe_cache(cache, inputs, outputs, layer_name, attributed,
-                                       owner_name)
+        for s, out in zip(step.out_slots, outputs):
+            live.hold(("value", s), out)
+        charged: set[int] = set()
+
+        def charge(array: np.ndarray) -> int:
+            key = id(_root(array))
+            block = held._blocks.get(key)
+            if block is None or block[3] != step.index or key in charged:
+                return 0
+            charged.add(key)
+            return int(block[1])
+
+        for obj in ([cache] if keeps_cache else []) + kept:
+            held.hold(step.index, obj)
+            live.hold(("cache", step.index), obj)
+        if keeps_cache:
+            row.items = describe_cache(cache, inputs, outputs, layer_name, charge, first_name)
         for out in kept:
-            nbytes = attributed.pop(id(_root(out)), 0)
-            row.items.append(CachedItem("output (kept)", nbytes, tuple(out.shape),
+            row.items.append(CachedItem("output (kept)", charge(out), tuple(out.shape),
                                         "segment boundary kept for recomputation"))
         row.cached_bytes = sum(i.nbytes for i in row.items)
-        for obj in (*held, *kept):
+        for obj in ([cache] if keeps_cache else []) + kept:
             for a in arrays_in(obj):
-                owner_name.setdefault(id(_root(a)), step.name)
+                first_name.setdefault(id(_root(a)), step.name)
+        for s in step.free_after:
+            live.release(("value", s))
         rows.append(row)
 
+    x = net._check_inputs(x)
+    if net._keep_inputs:
+        row = NodeMemory("(inputs)", "input", 0)
+        for s, value in zip(net.input_slots, x):
+            if s in net._keep_inputs:
+                nbytes = held.hold(("kept", s), value)
+                live.hold(("kept", s), value)
+                row.items.append(CachedItem("network input (kept)", nbytes, tuple(value.shape),
+                                            "segment boundary kept for recomputation"))
+                first_name.setdefault(id(_root(value)), "(inputs)")
+        row.cached_bytes = sum(i.nbytes for i in row.items)
+        rows.append(row)
     saved_grads = net.grads
     outs = net._forward(x, True, len(net.plan), net.output_slots, probe=probe)
     batch = len(outs[0])
     net.backward([np.ones_like(out) for out in outs], input_grads=False)
-    peak = net.peak_cache_bytes
     net.grads = saved_grads
-    options = {"fuse": net.fuse, "recompute": net.recompute is not None,
-               "in_place": any(step.in_place for step in net.plan)}
-    return MemoryReport(batch, rows, peak, options)
+    options = {"fuse": net.fuse, "plan_memory": net.plan_memory,
+               "recompute": net.recompute is not None}
+    return MemoryReport(batch, rows, net.peak_cache_bytes, options, live.peak)
