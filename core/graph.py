@@ -503,7 +503,8 @@ class Network:
                 self._release_caches()
             self._holding = True
             self.peak_cache_bytes = 0
-            layout_key = (stop, *(v.shape for v in checked))
+            layout_key = (stop, checked[0].shape) if len(checked) == 1 else (
+                stop, *(v.shape for v in checked))
             layout = self._layouts.get(layout_key)
             if layout is None or self._segments is not None or probe is not None:
                 tracker = self._tracker = memory.ByteTracker()
@@ -602,8 +603,11 @@ class Network:
         self._has_forward = False
         grads: list[Any] = [None] * self.n_slots
         owned = [False] * self.n_slots
-        for slot, g in seeds:
-            _accumulate(grads, owned, slot, g)
+        if len(seeds) == 1:
+            grads[seeds[0][0]] = seeds[0][1]
+        else:
+            for slot, g in seeds:
+                _accumulate(grads, owned, slot, g)
         param_grads: dict[str, np.ndarray] = {}
         stop = self._stop
         if self._segments is None:
@@ -672,7 +676,14 @@ class Network:
                                  f"inputs")
             for s, g, need in zip(step.in_slots, grad_ins, mask):
                 if need and g is not None:
-                    _accumulate(grads, owned, s, g)
+                    current = grads[s]
+                    if current is None:
+                        grads[s] = g
+                    elif owned[s]:  # a buffer this backward made: add in place
+                        current += g
+                    else:  # never write into an array a layer returned
+                        grads[s] = current + g
+                        owned[s] = True
             keys = step.param_keys
             for pname, g in grad_params.items():
                 key = keys.get(pname) or f"{step.layer.label}/{pname}"

@@ -143,14 +143,15 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray) -> tuple[float
     n = len(logits)
     if target.ndim == 1:
         rows = np.arange(n)
-        value = (np.log(total[:, 0]).sum() - shifted[rows, target].sum()) / n
+        # log-sum-exp minus the target's logit, row by row: exact where log(p) would not be
+        value = (float(np.log(total).sum()) - float(shifted[rows, target].sum())) / n
         e /= total
         e[rows, target] -= 1
     else:
-        value = -(target * (shifted - np.log(total))).sum() / n
+        value = -float((target * (shifted - np.log(total))).sum()) / n
         e /= total
         e -= target
-    e *= np.asarray(1.0 / n, dtype=e.dtype)
+    e /= n
     return float(value), e
 
 

@@ -51,12 +51,16 @@ def _single_output(net: Network, what: str) -> None:
 def train_step(net: Network, x: Any, y: Any, *, loss: str | Loss,
                optimizer: str | Optimizer) -> float:
     """Forward, loss, backward and one optimizer update; returns the batch loss."""
-    _single_output(net, "train_step")
+    if len(net.outputs) != 1:
+        _single_output(net, "train_step")
     loss_fn = resolve_loss(net, loss)
     opt = resolve_optimizer(net, optimizer)
-    fused = net._loss_fusions.get(id(loss_fn), False)
-    if fused is False:
-        fused = net._loss_fusions[id(loss_fn)] = fuse_loss(net, loss_fn)
+    entry = net._loss_fusions.get(id(loss_fn))
+    if entry is None or entry[0] is not loss_fn:  # the pair keeps the id from being reused
+        if len(net._loss_fusions) > 16:
+            net._loss_fusions.clear()
+        entry = net._loss_fusions[id(loss_fn)] = (loss_fn, fuse_loss(net, loss_fn))
+    fused = entry[1]
     if fused is not None:  # softmax cross-entropy on the logits, value and delta at once
         (logits,) = net._forward(x, True, fused.stop, (fused.slot,))
         value, delta = fused.value_and_grad(logits, np.asarray(y))

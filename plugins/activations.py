@@ -94,7 +94,7 @@ class ReLU(Activation):
         return np.maximum(x, 0)
 
     def activate_into(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, 0, out=x)
+        return np.maximum(x, x.dtype.type(0), out=x)
 
     def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
         return g * (y > 0)

@@ -161,9 +161,23 @@ def test_train_steps_with_loss_fusion_equal_unfused(rng, loss_name):
         assert a == pytest.approx(b, rel=1e-9)
     for key, value in fused.params.items():
         np.testing.assert_allclose(value, plain.params[key], rtol=1e-9, atol=1e-12)
-    fusion = fused._loss_fusions
-    assert any(f is not None for f in fusion.values())
-    assert all(f is None for f in plain._loss_fusions.values())
+    assert any(f is not None for _, f in fused._loss_fusions.values())
+    assert all(f is None for _, f in plain._loss_fusions.values())
+
+
+def test_a_new_loss_object_is_never_mistaken_for_an_old_one(rng):
+    """Fusions are remembered per loss object; a later loss of another kind (which
+    may reuse a freed object's id) must get its own decision."""
+    net = deltaprop.Sequential([create("dense", units=3, dtype="float64")], input_shape=4,
+                               seed=0)
+    x = rng.standard_normal((5, 4))
+    for _ in range(3):
+        net.train_step(x, rng.integers(0, 3, 5),
+                       loss=deltaprop.create_loss("softmax_cross_entropy"), optimizer="sgd")
+        target = rng.standard_normal((5, 3))
+        mse = deltaprop.create_loss("mse")
+        expected = float(np.mean((net.forward(x)[0] - target) ** 2))
+        assert net.train_step(x, target, loss=mse, optimizer="sgd") == pytest.approx(expected)
 
 
 def test_cross_entropy_fusion_skips_the_softmax_node_and_caches_less(rng):
@@ -171,7 +185,7 @@ def test_cross_entropy_fusion_skips_the_softmax_node_and_caches_less(rng):
     x = rng.standard_normal((10, 6))
     y = rng.integers(0, 4, 10)
     net.train_step(x, y, loss="cross_entropy", optimizer="sgd")
-    fusion = next(iter(net._loss_fusions.values()))
+    fusion = next(iter(net._loss_fusions.values()))[1]
     assert fusion.stop == len(net.plan) - 1
     assert net.plan[-1].layer.name == "softmax"
     # a plain backward after a fused step needs a fresh forward
