@@ -1,6 +1,6 @@
 """One benchmark command: every suite module present, one table, one JSON.
 
-    python -m benchmarks [--quick] [--only mlp,memory] [--threads 1]
+    python -m benchmarks [--quick] [--only mlp,memory] [--threads 1] [--clock cpu]
                          [--json figures.json] [--compare old.json]
 
 A suite is any module of this package with a ``run(quick=False) -> list[dict]``
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import benchmarks
+from benchmarks import common
 from benchmarks.common import format_rows, torch_or_none
 
 NOT_SUITES = {"common", "__main__"}
@@ -104,6 +105,7 @@ def meta() -> dict[str, Any]:
             "torch": getattr(torch, "__version__", None), "python": platform.python_version(),
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "threads": {v: os.environ.get(v) for v in THREAD_VARIABLES},
+            "clock": next(k for k, v in common.CLOCKS.items() if v is common.clock),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
@@ -118,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int,
                         help="BLAS/OpenMP threads for numpy and PyTorch alike (1 gives steady "
                              "medians on a shared machine)")
+    parser.add_argument("--clock", choices=sorted(common.CLOCKS), default="wall",
+                        help="wall time (default) or this process's CPU time")
     args = parser.parse_args(argv)
+    common.clock = common.CLOCKS[args.clock]
     if args.threads and os.environ.get("DELTAPROP_BENCH_THREADS") != str(args.threads):
         # thread pools are sized when numpy and torch load: start again with them set
         env = dict(os.environ, DELTAPROP_BENCH_THREADS=str(args.threads))
