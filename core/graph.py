@@ -3,10 +3,15 @@ executes them.
 
 The functional API records nodes as layers are called on symbolic tensors;
 ``Network`` orders them once (iteratively, so depth is not limited by recursion),
-compiles the order into integer slots, and runs forward and backward over that
-plan. In training mode each node's cache goes into an executor-owned store and is
-freed as soon as that node's backward has run; deltas from several consumers are
-summed into buffers the executor owns, never into an array a layer returned.
+compiles the order into integer slots (``steps``: the user graph), runs the graph
+passes of ``passes.py`` over it (``plan``: what executes, e.g. dense+relu as one
+node), and runs forward and backward over that plan. In training mode each node's
+cache goes into an executor-owned store and is freed as soon as that node's backward
+has run; deltas from several consumers are summed into buffers the executor owns,
+never into an array a layer returned. Memory planning (``memory.py``) decides when
+forward values die and which element-wise layers may work in place; the hot loops
+do no shape derivation and no registry lookups, and the bytes held are measured
+once per input shape and reused.
 """
 
 from __future__ import annotations

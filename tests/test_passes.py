@@ -282,3 +282,22 @@ def test_a_layer_that_is_not_recomputable_keeps_its_cache(rng):
     net.backward(np.ones_like(out))
     assert len(Noisy.train_calls) == 4, "a random layer ran again in backward"
     assert net.cache_bytes == 0
+
+
+def test_recomputation_with_the_fused_softmax_loss_trains_like_the_plain_graph(rng):
+    def build(**options):
+        layers = []
+        for _ in range(5):
+            layers += [create("dense", units=8, dtype="float64"), create("tanh", dtype="float64")]
+        layers += [create("dense", units=4, dtype="float64"), create("softmax", dtype="float64")]
+        return deltaprop.Sequential(layers, input_shape=6, seed=0, **options)
+
+    fast, plain = build(recompute=2), build(fuse=False)
+    x, y = rng.standard_normal((7, 6)), rng.integers(0, 4, 7)
+    for _ in range(3):
+        a = fast.train_step(x, y, loss="cross_entropy", optimizer="adam")
+        b = plain.train_step(x, y, loss="cross_entropy", optimizer="adam")
+        assert a == pytest.approx(b, rel=1e-12)
+        assert fast.cache_bytes == 0
+    for key, value in fast.params.items():
+        np.testing.assert_allclose(value, plain.params[key], rtol=1e-10, atol=1e-14)
