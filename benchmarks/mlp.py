@@ -124,7 +124,36 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         label = "-".join(map(str, sizes))
         rows.append(row("mlp", f"{label} b{batch}", ms, "numpy"))
     rows.append(digits_epoch(repeats=3 if quick else 9))
+    rows.append(executor_overhead(repeats=repeats))
     return rows
+
+
+def executor_overhead(repeats: int, nodes: int = 50) -> dict[str, Any]:
+    """The executor's own work per node: forward and backward through ``nodes`` tanh
+    nodes on a 4x4 batch, against the same tanh calls by hand; the difference divided
+    by ``nodes`` is what each node costs in bookkeeping (reported as ``per_node_us``)."""
+    net = deltaprop.Sequential([deltaprop.create("tanh") for _ in range(nodes)],
+                               input_shape=4, fuse=False)
+    x = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    g = np.ones_like(x)
+
+    def by_hand() -> None:
+        ys = [x]
+        for _ in range(nodes):
+            ys.append(np.tanh(ys[-1]))
+        delta = g
+        for y in reversed(ys[1:]):
+            delta = delta * (1 - y * y)
+
+    def through_executor() -> None:
+        net.forward(x, train=True)
+        net.backward(g)
+
+    ms = interleaved_medians({"deltaprop": through_executor, "numpy": by_hand},
+                             repeats=repeats * 3)
+    per_node = (ms["deltaprop"] - ms["numpy"]) / nodes * 1e3
+    return row("mlp", f"executor {nodes} tanh nodes", ms, "numpy",
+               per_node_us=round(per_node, 2))
 
 
 def numpy_epoch(weights: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, y: np.ndarray,

@@ -159,7 +159,7 @@ def array_bytes(obj: Any) -> int:
     return total
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Step:
     """One executed node of the compiled plan (a user node, or several fused into one)."""
 
@@ -517,6 +517,7 @@ class Network:
                     self._checkpoints[s] = values[s]
                     tracker.hold(("kept", s), values[s])
         keep_cache, keep_values = self._keep_cache, self._keep_values
+        recomputing = self._segments is not None
         for step in self.plan[:stop]:
             ins = step.in_slots
             try:
@@ -540,21 +541,26 @@ class Network:
                                  f"{len(outputs)} outputs, declared {len(step.out_slots)}")
             if probe is not None:
                 probe(step, tuple(values[s] for s in ins), outputs, cache)
-            for s, out in zip(step.out_slots, outputs):
-                values[s] = out
+            if len(outputs) == 1:
+                values[step.out_slots[0]] = outputs[0]
+            else:
+                for s, out in zip(step.out_slots, outputs):
+                    values[s] = out
+                out = None
             for s in step.free_after:
                 values[s] = None
-            out = outputs = None  # hold no reference that would defeat an in-place proof
+            outputs = None  # hold no reference that would defeat an in-place proof
             if train and step.carries:
                 k = step.index
                 if keep_cache[k]:
                     caches[k] = cache
                     if tracker is not None:
                         self._cache_sizes[k] = tracker.hold(k, cache)
-                for s in keep_values[k]:
-                    self._checkpoints[s] = values[s]
-                    if tracker is not None:
-                        tracker.hold(("kept", s), values[s])
+                if recomputing:
+                    for s in keep_values[k]:
+                        self._checkpoints[s] = values[s]
+                        if tracker is not None:
+                            tracker.hold(("kept", s), values[s])
         if train:
             if tracker is None:  # the same shapes as before: the same bytes
                 self._cache_sizes[:], self.cache_bytes = layout  # type: ignore[misc]
@@ -679,6 +685,17 @@ class Network:
                 raise GraphError(f"node {step.name!r}: layer {step.layer.name!r} returned "
                                  f"{len(grad_ins)} input gradients for {len(step.in_slots)} "
                                  f"inputs")
+            if len(grad_ins) == 1:  # the common case, without the zip
+                s, g = step.in_slots[0], grad_ins[0]
+                if mask[0] and g is not None:
+                    if grads[s] is None:
+                        grads[s] = g
+                    elif owned[s]:
+                        grads[s] += g
+                    else:
+                        grads[s] = grads[s] + g
+                        owned[s] = True
+                grad_ins = ()
             for s, g, need in zip(step.in_slots, grad_ins, mask):
                 if need and g is not None:
                     current = grads[s]
