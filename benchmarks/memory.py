@@ -24,7 +24,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "none": {"fuse": False, "plan_memory": False},
     "planned": {"fuse": False},
     "fused": {"fuse": True},
-    "recompute": {"fuse": True, "recompute": True},
+    "recompute": {"fuse": True, "recompute": True},  # segments of about sqrt(n) nodes
+    "recompute2": {"fuse": True, "recompute": 2},  # segments of 2 nodes
 }
 
 
