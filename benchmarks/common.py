@@ -18,8 +18,10 @@ clock: Callable[[], float] = time.perf_counter
 
 def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: int = 20,
                         warmup: int = 3, min_seconds: float = 0.0) -> dict[str, float]:
-    """Median milliseconds per call of each candidate, run in turn (A B C A B C ...)
-    so that a slow patch of the machine hits every candidate alike."""
+    """Median milliseconds per call of each candidate, run in turn (A B C, C A B, ...)
+    so that a slow patch of the machine hits every candidate alike. The order is
+    shuffled every round (seeded): a candidate that pollutes the caches (PyTorch's
+    step does) then slows a different successor each time, not always the same one."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -28,10 +30,14 @@ def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: in
     now = clock
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    names = list(candidates)
+    order = np.random.default_rng(0)
     try:
         rounds = 0
         while rounds < repeats or time.perf_counter() - start < min_seconds:
-            for name, fn in candidates.items():
+            for i in order.permutation(len(names)):
+                name = names[i]
+                fn = candidates[name]
                 t0 = now()
                 fn()
                 samples[name].append((now() - t0) * 1e3)
