@@ -4,10 +4,11 @@
                          [--json figures.json] [--compare old.json]
 
 A suite is any module of this package with a ``run(quick=False) -> list[dict]``
-function (mlp, memory, and conv, rnn, distributed once those branches are merged):
-each times its candidates with interleaved repetitions and reports medians and
-ratios. ``--json`` writes every row plus the machine and versions, so that two
-versions of deltaprop can be compared with ``--compare``.
+function (mlp, memory, and conv, rnn, distributed once those branches are merged),
+run in its own process; each times its candidates with interleaved repetitions
+(shuffled every round) and reports medians and ratios. ``--json`` writes every row
+plus the machine and versions, so that two versions of deltaprop can be compared
+with ``--compare``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import pkgutil
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,22 +44,31 @@ def suite_names() -> list[str]:
                                         else len(PREFERRED), n))
 
 
+def run_one(name: str, quick: bool) -> list[dict[str, Any]]:
+    """Run one suite in this process (the child side of ``run_suites``)."""
+    module = importlib.import_module(f"benchmarks.{name}")
+    run = getattr(module, "run", None)
+    if not callable(run):
+        raise TypeError(f"benchmarks.{name} has no run() function")
+    return list(run(quick=quick))
+
+
 def run_suites(names: list[str], quick: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each suite in its own process: thread settings a suite changes, or caches a
+    reference library fills, cannot leak into the next suite's figures."""
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for name in names:
-        module = importlib.import_module(f"benchmarks.{name}")
-        run = getattr(module, "run", None)
-        if not callable(run):
-            skipped[name] = "no run() function"
-            continue
         start = time.perf_counter()
-        try:
-            result = run(quick=quick)
-        except Exception as exc:  # one broken suite must not hide the others' figures
-            skipped[name] = f"{type(exc).__name__}: {exc}"
-            print(f"suite {name}: failed ({skipped[name]})", file=sys.stderr)
+        child = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--child", name, *(["--quick"] if quick else []),
+             "--clock", next(k for k, v in common.CLOCKS.items() if v is common.clock)],
+            stdout=subprocess.PIPE, text=True, check=False)
+        if child.returncode != 0:
+            skipped[name] = f"exit status {child.returncode} (see its messages above)"
+            print(f"suite {name}: failed", file=sys.stderr)
             continue
+        result = json.loads(child.stdout.strip().splitlines()[-1])
         for r in result:
             r.setdefault("suite", name)
         rows.extend(result)
@@ -122,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                              "medians on a shared machine)")
     parser.add_argument("--clock", choices=sorted(common.CLOCKS), default="wall",
                         help="wall time (default) or this process's CPU time")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one suite, JSON rows out
     args = parser.parse_args(argv)
     common.clock = common.CLOCKS[args.clock]
+    if args.child:
+        print(json.dumps(run_one(args.child, args.quick)))
+        return 0
     if args.threads and os.environ.get("DELTAPROP_BENCH_THREADS") != str(args.threads):
         # thread pools are sized when numpy and torch load: start again with them set
         env = dict(os.environ, DELTAPROP_BENCH_THREADS=str(args.threads))
