@@ -82,7 +82,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows = [measure("mlp 784-16x256-10", deep_mlp, (784,), 128, repeats)]
     if has_layers("conv2d", "max_pool2d", "flatten"):
         rows.append(measure("fashion cnn", fashion_cnn, (1, 28, 28), 64 if quick else 128,
-                            max(3, repeats // 3)))
+                            max(5, repeats // 2)))
     return rows
 
 
