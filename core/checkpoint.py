@@ -147,7 +147,12 @@ def load_checkpoint(location: str | os.PathLike[str], net: Network) -> Checkpoin
     where = f"checkpoint {str(path)!r}"
     if not path.is_file():
         raise CheckpointError(f"{where}: no such file")
-    return guarded(where, lambda: _read(path, where, net))
+    try:
+        return guarded(where, lambda: _read(path, where, net))
+    except CheckpointError:
+        raise
+    except ModelFileError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _read(path: Path, where: str, net: Network) -> Checkpoint:
@@ -177,6 +182,13 @@ def _read(path: Path, where: str, net: Network) -> Checkpoint:
         if not isinstance(keys, list) or set(keys) != set(expected):
             raise CheckpointError(f"{where}: its parameters do not match network "
                                   f"{net.name!r} (was the spec changed?)")
+        for key, value in expected.items():
+            shape, dtype = reader.header(PARAM_PREFIX + key)
+            if shape != value.shape or dtype != value.dtype:
+                raise CheckpointError(f"{where}: its parameters do not match network "
+                                      f"{net.name!r}: {key!r} is {dtype}{list(shape)} there, "
+                                      f"{value.dtype}{list(value.shape)} here (was the spec "
+                                      f"changed?)")
         params = {k: reader.read(PARAM_PREFIX + k, shape=v.shape, dtype=v.dtype)
                   for k, v in expected.items()}
         names = info.get("optimizer_state")
@@ -279,9 +291,19 @@ class Checkpointer:
         self.net, self.optimizer, self.identity, self.every = net, optimizer, identity, every
         self.saved: Position | None = None
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the half-written files of writers killed mid-save (never the checkpoint)."""
+        removed = []
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+        return removed
+
     def resume(self, rng: np.random.Generator, n_samples: int, steps_per_epoch: int
                ) -> Position | None:
         """Restore the run from the checkpoint, or None when there is none yet."""
+        self.remove_stale_temporaries()
         if not self.path.is_file():
             return None
         ckpt = load_checkpoint(self.path, self.net)
