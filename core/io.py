@@ -222,8 +222,11 @@ def _load(path: str | os.PathLike[str]) -> Any:
         for key in keys:
             layer, pname = by_key[key]
             current = layer.params[pname]
-            layer.params[pname] = reader.read(PARAM_PREFIX + key, shape=current.shape,
-                                              dtype=current.dtype)
+            value = reader.read(PARAM_PREFIX + key, shape=current.shape, dtype=current.dtype)
+            if not np.isfinite(value).all():
+                raise ModelFileError(f"{where}: parameter {key!r} holds NaN or infinite "
+                                     f"values")
+            layer.params[pname] = value
         return net
 
 

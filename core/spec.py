@@ -311,6 +311,9 @@ def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
                 tensors[name] = layer(*args, name=name)
             except DeltapropError as exc:
                 raise type(exc)(f"{source}: {exc}") from None
+            except (MemoryError, OverflowError, ValueError) as exc:  # e.g. units = 10**12
+                raise SpecError(f"{where} ({layer.name}): cannot build it for input shapes "
+                                f"{[list(a.shape) for a in args]}: {exc}") from None
         outputs = [resolve(r, f"{source}: outputs") for r in checked.outputs]
     try:
         net = Network(net_inputs, outputs, name=checked.name)
