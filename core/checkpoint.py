@@ -312,6 +312,14 @@ class Checkpointer:
         self.saved = ckpt.position
         return ckpt.position
 
+    def start_fresh(self, position: Position, rng: np.random.Generator) -> None:
+        """Save the initial state, refusing to overwrite another run's checkpoint."""
+        if self.path.exists():
+            raise CheckpointError(f"checkpoint {str(self.path)!r} already exists; continue "
+                                  f"it with resume (--resume) or use another directory")
+        self.remove_stale_temporaries()
+        self.save(position, rng)
+
     def save(self, position: Position, rng: np.random.Generator) -> None:
         try:
             save_checkpoint(self.path, self.net, self.optimizer, position, rng, self.identity)
