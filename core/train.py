@@ -175,7 +175,7 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
             history.val_loss = list(pos.history.get("val_loss", []))
             history.val_accuracy = list(pos.history.get("val_accuracy", []))
         else:
-            saver.start_fresh(pos, rng)  # a last good state exists from the start
+            saver.save(pos, rng)  # a last good state exists from the start
     detector = AnomalyDetector() if detect_anomaly else None
     start = time.perf_counter()
     done = min(pos.epoch * steps_per_epoch + pos.batch, epochs * steps_per_epoch)
