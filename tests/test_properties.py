@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ from deltaprop.layer import Layer
 from deltaprop.testing import check_network_gradients, make_layer
 
 REGISTRY = deltaprop.get_registry()
-MAX_INPUT_SIZE = 32      # values per sample of an example's input
+# values per sample of an example's input; DELTAPROP_PROPERTY_MAX_INPUT=80 takes in the
+# larger examples too (every conv and pooling layer), at about four times the cost
+MAX_INPUT_SIZE = int(os.environ.get("DELTAPROP_PROPERTY_MAX_INPUT", "32"))
 MAX_LAYER_PARAMS = 200   # parameters of one example layer
 MAX_NETWORK_PARAMS = 700  # keeps the finite differences of a network quick
 BATCH = 2
