@@ -195,6 +195,9 @@ class Network:
     changes results beyond float rounding.
     """
 
+    #: an ``anomaly.AnomalyDetector`` that sees every node's outputs and gradients, or None
+    anomaly: Any = None
+
     def __init__(self, inputs: Tensor | Sequence[Tensor], outputs: Tensor | Sequence[Tensor],
                  *, name: str = "network", fuse: bool = True,
                  recompute: bool | int = False, plan_memory: bool = True) -> None:
@@ -539,6 +542,8 @@ class Network:
             if len(outputs) != len(step.out_slots):
                 raise GraphError(f"node {step.name!r}: layer {step.layer.name!r} returned "
                                  f"{len(outputs)} outputs, declared {len(step.out_slots)}")
+            if self.anomaly is not None:
+                self.anomaly.check_forward(step, outputs)
             if probe is not None:
                 probe(step, tuple(values[s] for s in ins), outputs, cache)
             if len(outputs) == 1:
@@ -681,6 +686,8 @@ class Network:
             except DeltapropError as exc:
                 raise type(exc)(f"node {step.name!r} ({step.layer.name}): {exc}") from None
             del cache
+            if self.anomaly is not None:
+                self.anomaly.check_backward(step, grad_ins, grad_params)
             if len(grad_ins) != len(step.in_slots):
                 raise GraphError(f"node {step.name!r}: layer {step.layer.name!r} returned "
                                  f"{len(grad_ins)} input gradients for {len(step.in_slots)} "
