@@ -120,9 +120,13 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
         optimizer: str | Optimizer = "adam", epochs: int = 10, batch_size: int = 32,
         validation: tuple[Any, Any] | None = None, seed: int | None = None,
         shuffle: bool = True, progress: bool | None = None,
-        on_epoch_end: Callable[[int, History], None] | None = None) -> History:
+        on_epoch_end: Callable[[int, History], None] | None = None,
+        distributed: Any = None) -> History:
     """Train with mini-batches; a tqdm bar shows progress (off when not a terminal or
-    when ``progress=False``). Runs with the same ``seed`` are identical."""
+    when ``progress=False``). Runs with the same ``seed`` are identical.
+
+    ``distributed`` (True or a ``deltaprop.distributed.Distributed``, under mpiexec)
+    trains data-parallel over MPI; ``batch_size`` is then per rank."""
     from tqdm.auto import tqdm
 
     _single_output(net, "fit")
@@ -140,6 +144,12 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
     n = len(xs[0])
     if n == 0:
         raise DataError("training data is empty")
+    if distributed:  # data-parallel over MPI: see deltaprop.distributed
+        from .distributed import as_distributed
+
+        distributed = as_distributed(distributed)
+        opt, batch_size, seed, progress = distributed.prepare_fit(
+            net, opt, batch_size=batch_size, seed=seed, progress=progress, n_samples=n)
     rng = np.random.default_rng(seed)
     history = History()
     steps_per_epoch = -(-n // batch_size)
@@ -153,8 +163,12 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
             total = 0.0
             for b in range(steps_per_epoch):
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                value = train_step(net, [a[idx] for a in xs], y[idx], loss=loss_fn,
-                                   optimizer=opt)
+                if distributed:
+                    value = distributed.train_step(net, xs, y, idx, loss=loss_fn,
+                                                   optimizer=opt)
+                else:
+                    value = train_step(net, [a[idx] for a in xs], y[idx], loss=loss_fn,
+                                       optimizer=opt)
                 if not np.isfinite(value):
                     raise TrainingError(f"loss became {value} at epoch {epoch + 1}, batch "
                                         f"{b + 1}; lower the learning rate")
@@ -164,7 +178,8 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
                     bar.set_postfix(loss=f"{value:.4f}")
             history.loss.append(total / n)
             if validation is not None:
-                metrics = evaluate(net, vx, vy, loss=loss_fn)
+                metrics = (distributed.evaluate(net, vx, vy, loss=loss_fn) if distributed
+                           else evaluate(net, vx, vy, loss=loss_fn))
                 history.val_loss.append(metrics["loss"])
                 if "accuracy" in metrics:
                     history.val_accuracy.append(metrics["accuracy"])
