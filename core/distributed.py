@@ -27,7 +27,7 @@ import pickle
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -376,6 +376,18 @@ class DistributedOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         return f"<distributed {self.inner!r} over {self.distributed.size} ranks>"
+
+
+def run_on_ranks(command: Callable[..., int], args: Any, *, timeout: float | None = None
+                 ) -> int:
+    """Run a CLI command on this rank: ``command(args, distributed)`` with stdout on rank 0
+    only, and a failure on any rank ending the whole job with its message."""
+    distributed = Distributed(timeout=timeout)
+    with distributed.abort_on_error(), distributed.root_output_only():
+        if distributed.is_root:
+            print(f"distributed over {distributed.size} MPI rank(s), batch size per rank; "
+                  f"{_mpi().Get_library_version().splitlines()[0].strip()}")
+        return command(args, distributed)
 
 
 def as_distributed(value: Any) -> Distributed | None:
