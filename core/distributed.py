@@ -264,8 +264,10 @@ class Distributed:
             if not message.startswith("rank "):
                 message = f"rank {self.rank} of {self.size}: {message}"
             print(f"deltaprop: error: {message}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            time.sleep(0.5)  # let the launcher forward the message before it kills the job
             self.abort(code)
-            raise
+            os._exit(code)  # MPI_Abort may return before the launcher kills this process
 
 
 def _checksum(params: dict[str, np.ndarray]) -> float:
