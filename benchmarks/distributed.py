@@ -95,23 +95,41 @@ def worker(mode: str, samples: int) -> dict[str, Any]:
     return result
 
 
+def example_networks() -> dict[str, Any]:
+    """The networks of the scaling model: the CLI's default, the benchmark's dense
+    Fashion network, and every ``examples/*.toml`` spec that exists."""
+    from deltaprop import load_spec
+
+    nets = {"digits default (64-64-10)": digits_network(),
+            "fashion dense (784-256-128-10)": fashion_network()}
+    for path in sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.toml")):
+        try:
+            nets[f"examples/{path.name}"] = load_spec(path, seed=0)
+        except Exception as exc:  # a spec that needs a plugin not installed here
+            print(f"skipping {path.name}: {exc}", file=sys.stderr)
+    return nets
+
+
 def compute_per_step(batch: int = 32, repeats: int = 30) -> dict[str, dict[str, float]]:
-    """Median ms of one local training step (forward, backward, update) per network."""
+    """Median ms of one local training step (forward, backward, update) per network,
+    on random inputs of its input shape."""
     import deltaprop
 
     from benchmarks.common import interleaved_medians
 
     rng = np.random.default_rng(0)
     cases = {}
-    for name, net in (("digits default (64-64-10)", digits_network()),
-                      ("fashion dense (784-256-128-10)", fashion_network())):
-        features = net.input_shapes[0][0]
-        x = rng.random((batch, features), dtype=np.float32)
-        y = rng.integers(0, 10, batch)
+    for name, net in example_networks().items():
+        if len(net.inputs) != 1 or len(net.outputs) != 1:
+            continue
+        x = rng.random((batch, *net.input_shapes[0])).astype(net.inputs[0].dtype)
+        classes = net.output_shapes[0][-1]
+        y = rng.integers(0, classes, batch)
+        loss = (net.train_config or {}).get("loss", "softmax_cross_entropy")
         opt = deltaprop.create_optimizer("adam", lr=1e-3)
-        cases[name] = (net, x, y, opt)
+        cases[name] = (net, x, y, opt, loss)
     ms = interleaved_medians({name: (lambda c=c: c[0].train_step(
-        c[1], c[2], loss="softmax_cross_entropy", optimizer=c[3])) for name, c in cases.items()},
+        c[1], c[2], loss=c[4], optimizer=c[3])) for name, c in cases.items()},
         repeats=repeats, warmup=5)
     return {name: {"ms": ms[name], "n_params": cases[name][0].n_params,
                    "grad_bytes": 4 * cases[name][0].n_params} for name in cases}
