@@ -207,9 +207,14 @@ class Distributed:
         return idx[bounds[self.rank]:bounds[self.rank + 1]]
 
     def train_step(self, net: Network, xs: Sequence[np.ndarray], y: np.ndarray,
-                   idx: np.ndarray, *, loss: Loss, optimizer: DistributedOptimizer) -> float:
+                   idx: np.ndarray, *, loss: Loss, optimizer: DistributedOptimizer,
+                   stop: Any = None) -> float:
         """One step on the global batch ``idx``: this rank's shard forward and backward,
-        the fused allreduce, the same update on every rank. Returns the global mean loss."""
+        the fused allreduce, the same update on every rank. Returns the global mean loss.
+
+        ``stop`` (an object with a ``signum`` attribute, set by a signal handler) rides in
+        the same allreduce: when any rank was asked to stop, every rank's ``stop.signum``
+        is set after the step, so all of them stop at the same batch boundary."""
         start = time.perf_counter()
         mine = self.shard(idx)
         grads = None
@@ -220,8 +225,13 @@ class Distributed:
             net.backward([loss.backward(cache)], input_grads=False)
             grads, loss_sum = net.grads, float(value) * len(mine)
         self.stats["compute_seconds"] += time.perf_counter() - start
-        (mean_loss,) = optimizer.step(net.params, grads, weight=len(mine), extras=(loss_sum,))
-        return float(mean_loss)
+        signum = getattr(stop, "signum", None) if stop is not None else None
+        loss_total, stopping, signum_total, samples = optimizer.step(
+            net.params, grads, weight=len(mine),
+            extras=(loss_sum, 1.0 if signum else 0.0, float(signum or 0)))
+        if stopping and stop is not None and not signum:
+            stop.signum = round(signum_total / stopping)
+        return float(loss_total / samples)
 
     def evaluate(self, net: Network, x: Any, y: Any, *, loss: Loss,
                  batch_size: int = 256) -> dict[str, float]:
@@ -246,6 +256,10 @@ class Distributed:
         if loss.classification:
             metrics["accuracy"] = float(sums[1] / max(sums[2], 1))
         return metrics
+
+    def root_only(self, checkpointer: Any) -> RootOnlyWriter:
+        """A checkpoint writer whose saves happen on rank 0 alone (see RootOnlyWriter)."""
+        return RootOnlyWriter(checkpointer, self)
 
     # -- process plumbing -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -331,8 +345,8 @@ class DistributedOptimizer(Optimizer):
     with one allreduce of a flat buffer, then lets the wrapped optimizer update.
 
     ``weight`` is this rank's share (its sample count; default 1, a plain average) and
-    ``extras`` are scalars summed over ranks in the same call (the loss); ``step``
-    returns ``sum(extras) / sum(weight)``.
+    ``extras`` are scalars summed over ranks in the same call (the loss, a stop flag);
+    ``step`` returns those sums followed by ``sum(weight)``.
     """
 
     def __init__(self, optimizer: Optimizer, distributed: Distributed) -> None:
@@ -375,9 +389,9 @@ class DistributedOptimizer(Optimizer):
         total = float(flat[-1])
         if not total > 0:
             raise TrainingError(f"step {self.steps}: no rank had samples to train on")
-        flat *= 1.0 / total
+        flat[:layout.n] *= 1.0 / total
         self.inner.step(params, layout.views(flat))
-        return flat[layout.n:-1].astype(np.float64)
+        return flat[layout.n:].astype(np.float64)
 
     def update(self, key: str, param: np.ndarray, grad: np.ndarray) -> None:
         self.inner.update(key, param, grad)
@@ -396,6 +410,50 @@ def run_on_ranks(command: Callable[..., int], args: Any, *, timeout: float | Non
             print(f"distributed over {distributed.size} MPI rank(s), batch size per rank; "
                   f"{_mpi().Get_library_version().splitlines()[0].strip()}")
         return command(args, distributed)
+
+
+class RootOnlyWriter:
+    """Wraps a checkpoint writer (``save``, ``after_batch``, ``interrupted``, ``resume``)
+    so that only rank 0 writes, while every rank keeps the same bookkeeping. ``resume``
+    runs on every rank (the checkpoint must be on a file system all ranks see) and the
+    ranks must agree on whether one was found."""
+
+    def __init__(self, inner: Any, distributed: Distributed) -> None:
+        self.inner = inner
+        self.distributed = distributed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def resume(self, *args: Any, **kwargs: Any) -> Any:
+        position = self.inner.resume(*args, **kwargs)
+        self.distributed.agree(
+            self.distributed.broadcast_object(position is None, "resume check")
+            == (position is None),
+            "resuming: rank 0 and this rank do not both see the checkpoint (it must be on "
+            "a file system shared by all ranks)")
+        return position
+
+    def save(self, position: Any, rng: Any) -> None:
+        if self.distributed.is_root:
+            self.inner.save(position, rng)
+        else:
+            self.inner.saved = position
+
+    def after_batch(self, position: Any, rng: Any) -> None:
+        every = getattr(self.inner, "every", None)
+        if every and position.batch % every == 0:
+            self.save(position, rng)
+
+    def interrupted(self, flag: Any, position: Any, rng: Any) -> Any:
+        if self.distributed.is_root:
+            return self.inner.interrupted(flag, position, rng)
+        saved = self.inner.save
+        try:
+            self.inner.save = lambda position, rng: None
+            return self.inner.interrupted(flag, position, rng)
+        finally:
+            self.inner.save = saved
 
 
 def as_distributed(value: Any) -> Distributed | None:

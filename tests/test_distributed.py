@@ -75,6 +75,30 @@ if dist.is_root:
 '''
 
 
+STOP_WORKER = PROBLEM + '''
+import sys
+from types import SimpleNamespace
+import numpy as np
+from deltaprop.distributed import Distributed
+
+dist = Distributed(timeout=30)
+x, y = problem()
+net = network(seed=1)
+opt, batch, _, _ = dist.prepare_fit(net, deltaprop.create_optimizer("sgd"), batch_size=8,
+                                    seed=0, progress=False, n_samples=len(x))
+loss = deltaprop.create_loss("softmax_cross_entropy")
+stop = SimpleNamespace(signum=None)
+seen = []
+for step in range(6):
+    if dist.rank == 1 and step == 3:
+        stop.signum = 15                 # as if SIGTERM reached rank 1 alone
+    dist.train_step(net, [x], y, np.arange(step * batch, (step + 1) * batch), loss=loss,
+                    optimizer=opt, stop=stop)
+    seen.append(stop.signum)
+print(f"rank {dist.rank} saw {seen}", flush=True)
+'''
+
+
 def run_job(tmp_path: Path, mode: str, timeout: float = 30.0
             ) -> tuple[subprocess.CompletedProcess[str], Path, float]:
     assert MPIEXEC is not None
@@ -110,6 +134,19 @@ def test_two_ranks_match_one_process_with_the_global_batch(tmp_path: Path) -> No
         assert diff < 1e-5
         np.testing.assert_allclose(got["loss"], history.loss, rtol=1e-5)
         np.testing.assert_allclose(got["val_accuracy"], history.val_accuracy)
+
+
+@needs_mpi
+def test_a_stop_request_on_one_rank_reaches_every_rank_at_the_same_step(tmp_path: Path
+                                                                        ) -> None:
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_WORKER)
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    expected = "[None, None, None, 15, 15, 15]"
+    assert f"rank 0 saw {expected}" in proc.stdout
+    assert f"rank 1 saw {expected}" in proc.stdout
 
 
 @needs_mpi
