@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -61,6 +62,19 @@ def _positive(value: Any, what: str) -> int:
     return value
 
 
+def check_writable(path: str | None, option: str) -> None:
+    """Refuse an output path whose folder is missing before training spends any time."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{option} {path!r}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"{option} {path!r} is a folder, not a file")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{option} {path!r}: folder {folder!r} is not writable")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.distributed:  # every rank runs the same command; see deltaprop.distributed
         from .distributed import run_on_ranks
@@ -75,6 +89,10 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     from .registry import create_loss
     from .spec import load_spec, read_spec_file
 
+    if args.resume and not args.checkpoint:
+        raise ConfigError("--resume needs --checkpoint DIR (where the checkpoint is)")
+    for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json")):
+        check_writable(path, option)
     data = load_data(args.data)
     if args.spec:
         spec = read_spec_file(args.spec)
@@ -94,9 +112,20 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
           f"{optimizer.name} lr={optimizer.lr}, {epochs} epochs, batch {batch_size}")
     start = time.perf_counter()
+    resumable: dict[str, Any] = {}
+    if args.checkpoint:
+        from .checkpoint import checkpoint_path
+
+        resumable = {"checkpoint": args.checkpoint, "resume": args.resume,
+                     "checkpoint_every": args.checkpoint_every}
+        if args.resume and not checkpoint_path(args.checkpoint).is_file():
+            print(f"no checkpoint in {args.checkpoint!r} yet; starting from the beginning")
+        elif args.resume:
+            print(f"resuming from {str(checkpoint_path(args.checkpoint))!r}")
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       epochs=epochs, batch_size=batch_size, seed=seed,
-                      progress=False if args.no_progress else None, distributed=distributed)
+                      progress=False if args.no_progress else None,
+                      detect_anomaly=args.detect_anomaly, distributed=distributed, **resumable)
     seconds = time.perf_counter() - start
     metrics = (distributed.evaluate(net, data.x_test, data.y_test, loss=loss) if distributed
                else net.evaluate(data.x_test, data.y_test, loss=loss))
@@ -188,6 +217,14 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="save the trained model to this .npz")
     train.add_argument("--metrics-json", help="write the final metrics to this JSON file")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--checkpoint", metavar="DIR",
+                       help="save the training state here every epoch and on SIGINT/SIGTERM")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --checkpoint DIR")
+    train.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="also save the checkpoint every N batches")
+    train.add_argument("--detect-anomaly", action="store_true",
+                       help="name the first node whose output or gradient became non-finite")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI: run as mpiexec -n N deltaprop train ... "
                             "--distributed (--batch-size is then per rank)")
@@ -230,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = " ".join(str(exc).split())
+        signum = getattr(exc, "signum", None)
+        if signum is not None:  # stopped by SIGINT/SIGTERM after saving: 128 + signal
+            print(f"deltaprop: {message}", file=sys.stderr)
+            return 128 + int(signum)
         print(f"deltaprop: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -171,6 +171,9 @@ class Step:
 class Network:
     """A directed acyclic graph of nodes from ``inputs`` to ``outputs``."""
 
+    #: an ``anomaly.AnomalyDetector`` that sees every node's outputs and gradients, or None
+    anomaly: Any = None
+
     def __init__(self, inputs: Tensor | Sequence[Tensor], outputs: Tensor | Sequence[Tensor],
                  *, name: str = "network") -> None:
         self.name = name
@@ -404,6 +407,8 @@ class Network:
             if len(outputs) != len(step.out_slots):
                 raise GraphError(f"node {step.name!r}: layer {step.layer.name!r} returned "
                                  f"{len(outputs)} outputs, declared {len(step.out_slots)}")
+            if self.anomaly is not None:
+                self.anomaly.check_forward(step, outputs)
             for s, out in zip(step.out_slots, outputs):
                 values[s] = out
             for s in step.free_after:
@@ -472,6 +477,8 @@ class Network:
             except DeltapropError as exc:
                 raise type(exc)(f"node {step.name!r} ({step.layer.name}): {exc}") from None
             del cache
+            if self.anomaly is not None:
+                self.anomaly.check_backward(step, grad_ins, grad_params)
             if len(grad_ins) != len(step.in_slots):
                 raise GraphError(f"node {step.name!r}: layer {step.layer.name!r} returned "
                                  f"{len(grad_ins)} input gradients for {len(step.in_slots)} "

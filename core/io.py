@@ -66,6 +66,17 @@ def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
 
 def save(net: Any, path: str | os.PathLike[str]) -> None:
     """Write the network's spec and weights to ``path`` (a ``.npz``), atomically."""
+    write_npz(path, model_meta(net), model_arrays(net))
+
+
+def model_arrays(net: Any) -> dict[str, np.ndarray]:
+    """The weights of ``net`` under their member names in a model file."""
+    return {PARAM_PREFIX + k: v for k, v in net.params.items()}
+
+
+def model_meta(net: Any) -> dict[str, Any]:
+    """The metadata of a model file: spec, parameter list, and who provided each layer
+    (so a missing plugin can be named on load). Checkpoints extend it."""
     from .registry import get_registry
 
     registry = get_registry()
@@ -75,9 +86,8 @@ def save(net: Any, path: str | os.PathLike[str]) -> None:
             p = registry.provider("layer", layer.name)
             providers[layer.name] = {"plugin": p.plugin, "distribution": p.distribution,
                                      "version": p.version}
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "spec": net.to_spec(),
+    return {"format": FORMAT, "version": FORMAT_VERSION, "spec": net.to_spec(),
             "providers": providers, "params": list(net.params)}
-    write_npz(path, meta, {PARAM_PREFIX + k: v for k, v in net.params.items()})
 
 
 class NpzReader:
