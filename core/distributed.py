@@ -278,8 +278,9 @@ class Distributed:
         try:
             yield
         except BaseException as exc:
-            if self.size == 1 or (isinstance(exc, SystemExit) and not exc.code):
-                raise
+            if (self.size == 1 or (isinstance(exc, SystemExit) and not exc.code)
+                    or getattr(exc, "signum", None) is not None):
+                raise  # a stop request every rank agreed on (see train_step): no abort
             message = " ".join(str(exc).split()) or type(exc).__name__
             if not message.startswith("rank "):
                 message = f"rank {self.rank} of {self.size}: {message}"

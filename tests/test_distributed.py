@@ -230,3 +230,29 @@ def test_one_rank_is_plain_training() -> None:
     for key, value in b.params.items():
         np.testing.assert_allclose(a.params[key], value, rtol=1e-6, atol=1e-7)
     assert dist.shard(np.arange(5)).tolist() == [0, 1, 2, 3, 4]
+
+
+@needs_mpi
+def test_resume_on_two_ranks_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """Active once checkpoints exist (deltaprop.checkpoint, the reliability work)."""
+    pytest.importorskip("deltaprop.checkpoint")
+    cli = str(Path(sys.executable).parent / "deltaprop")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+    def train(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MPIEXEC, "-n", str(RANKS), cli, "train", "--distributed",
+                               "--batch-size", "16", "--no-progress", "--seed", "4", *extra],
+                              capture_output=True, text=True, timeout=120, env=env,
+                              cwd=tmp_path)
+
+    straight = train("--epochs", "2", "--out", "straight.npz")
+    assert straight.returncode == 0, straight.stderr
+    first = train("--epochs", "1", "--checkpoint", "ck")
+    assert first.returncode == 0, first.stderr
+    resumed = train("--epochs", "2", "--checkpoint", "ck", "--resume", "--out", "resumed.npz")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    a = deltaprop.load(tmp_path / "straight.npz").params
+    b = deltaprop.load(tmp_path / "resumed.npz").params
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
