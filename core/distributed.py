@@ -69,12 +69,17 @@ def _mpi() -> Any:
 class Distributed:
     """One process's view of an MPI job: rank, size, and timed collectives.
 
-    ``timeout`` bounds every collective in seconds; ``stats`` counts the calls, the
+    ``timeout`` bounds every collective in seconds. With ``abort_on_uncaught`` (the
+    default) an exception that nobody catches on any rank (a timeout included) ends the
+    whole job with MPI_Abort after its traceback is printed: the other ranks would
+    otherwise wait, and a rank stuck outside MPI would keep the job alive for ever.
+    ``stats`` counts the calls, the
     seconds spent inside them (waiting for slower ranks included), the bytes reduced,
     and the seconds of local forward and backward in ``train_step``.
     """
 
-    def __init__(self, comm: Any = None, *, timeout: float | None = None) -> None:
+    def __init__(self, comm: Any = None, *, timeout: float | None = None,
+                 abort_on_uncaught: bool = True) -> None:
         MPI = _mpi()
         self._MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
@@ -85,6 +90,8 @@ class Distributed:
             raise DataError(f"MPI timeout must be positive seconds, got {timeout!r}")
         self.stats = {"allreduce_calls": 0, "allreduce_seconds": 0.0, "allreduce_bytes": 0,
                       "broadcast_calls": 0, "compute_seconds": 0.0}
+        if abort_on_uncaught and self.size > 1:
+            _abort_on_uncaught(self.comm)
 
     @property
     def is_root(self) -> bool:
@@ -289,6 +296,28 @@ class Distributed:
             time.sleep(0.5)  # let the launcher forward the message before it kills the job
             self.abort(code)
             os._exit(code)  # MPI_Abort may return before the launcher kills this process
+
+
+_HOOKED: set[int] = set()
+
+
+def _abort_on_uncaught(comm: Any) -> None:
+    """Chain a ``sys.excepthook`` that aborts ``comm`` after the usual traceback."""
+    if id(comm) in _HOOKED:
+        return
+    _HOOKED.add(id(comm))
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        previous(kind, value, tb)
+        if issubclass(kind, KeyboardInterrupt | SystemExit):
+            return
+        sys.stderr.flush()
+        sys.stdout.flush()
+        time.sleep(0.5)  # let the launcher forward the traceback before it kills the job
+        comm.Abort(1)
+
+    sys.excepthook = hook
 
 
 def _checksum(params: dict[str, np.ndarray]) -> float:

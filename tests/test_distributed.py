@@ -64,6 +64,8 @@ def on_epoch_end(epoch, history):
         raise RuntimeError("rank 1 failed on purpose")
     if dist.rank == 1 and mode == "killed":
         os.kill(os.getpid(), signal.SIGKILL)
+    if dist.rank == 1 and mode == "stalled":
+        time.sleep(100)                 # alive, but never joins the next allreduce
 
 history = net.fit(x, y, optimizer=deltaprop.create_optimizer("adam", lr=0.01), epochs=3,
                   batch_size=int(sys.argv[4]), seed=5, progress=False, validation=(x, y),
@@ -150,13 +152,21 @@ def test_a_stop_request_on_one_rank_reaches_every_rank_at_the_same_step(tmp_path
 
 
 @needs_mpi
-def test_a_rank_that_raises_makes_the_other_stop_with_a_clear_error(tmp_path: Path) -> None:
-    proc, out, seconds = run_job(tmp_path, "exception", timeout=2.0)
+def test_a_stalled_rank_makes_the_other_stop_with_a_clear_error(tmp_path: Path) -> None:
+    proc, out, seconds = run_job(tmp_path, "stalled", timeout=2.0)
     assert proc.returncode != 0
-    assert "rank 1 failed on purpose" in proc.stderr
-    assert "rank 0 of 2: gradient allreduce of step" in proc.stderr
+    assert "rank 0 of 2: gradient allreduce of step 14" in proc.stderr
     assert "did not complete within 2 s; another rank has died or stalled" in proc.stderr
-    assert seconds < 60
+    assert seconds < 60                  # not the 100 s the stalled rank sleeps
+    assert not out.exists()
+
+
+@needs_mpi
+def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path: Path) -> None:
+    proc, out, seconds = run_job(tmp_path, "exception", timeout=60.0)
+    assert proc.returncode != 0
+    assert "RuntimeError: rank 1 failed on purpose" in proc.stderr
+    assert seconds < 40                  # aborted at once, not after the 60 s timeout
     assert not out.exists()
 
 
