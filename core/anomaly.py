@@ -83,8 +83,8 @@ class AnomalyDetector:
 
     def check_loss(self, loss: Loss, value: float, grad: np.ndarray) -> None:
         if not np.isfinite(value):
-            raise self._fail(f"loss {loss.name!r} became {value} from finite network "
-                             f"outputs")
+            raise self._fail(f"loss {loss.name!r} became non-finite ({value}) from finite "
+                             f"network outputs")
         what = _bad(grad)
         if what:
             raise self._fail(f"the gradient of loss {loss.name!r} became non-finite ({what})")

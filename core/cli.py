@@ -88,6 +88,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     from .io import atomic_write, save
     from .registry import create_loss
     from .spec import load_spec, read_spec_file
+    from .train import check_data
 
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (where the checkpoint is)")
@@ -106,8 +107,14 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
                        "epochs")
     batch_size = _positive(args.batch_size if args.batch_size is not None
                            else train.get("batch_size", 32), "batch_size")
-    loss = create_loss(train.get("loss", "softmax_cross_entropy"))
-    optimizer = build_optimizer(train, args.lr)
+    try:
+        loss = create_loss(train.get("loss", "softmax_cross_entropy"))
+        optimizer = build_optimizer(train, args.lr)
+    except DeltapropError as exc:
+        source = f"spec file {args.spec!r}" if args.spec else "the default network"
+        raise ConfigError(f"{source}: [train] table: {exc}".replace(
+            "[train] table: [train] table:", "[train] table:")) from None
+    check_data(net, [data.x_test], data.y_test, loss, f"test data of {data.name!r}")
     print(describe(data))
     print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
           f"{optimizer.name} lr={optimizer.lr}, {epochs} epochs, batch {batch_size}")

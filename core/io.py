@@ -11,8 +11,10 @@ import contextlib
 import io
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -176,7 +178,9 @@ def guarded(where: str, action: Callable[[], Any]) -> Any:
     except DeltapropError:
         raise
     except (ValueError, TypeError, KeyError, EOFError, OSError, zipfile.BadZipFile,
-            RecursionError, MemoryError, OverflowError, IndexError, AttributeError) as exc:
+            RecursionError, MemoryError, OverflowError, IndexError, AttributeError,
+            NotImplementedError, RuntimeError, zlib.error, struct.error) as exc:
+        # NotImplementedError: an unsupported zip compression; RuntimeError: encrypted
         raise ModelFileError(f"{where}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
@@ -222,8 +226,11 @@ def _load(path: str | os.PathLike[str]) -> Any:
         for key in keys:
             layer, pname = by_key[key]
             current = layer.params[pname]
-            layer.params[pname] = reader.read(PARAM_PREFIX + key, shape=current.shape,
-                                              dtype=current.dtype)
+            value = reader.read(PARAM_PREFIX + key, shape=current.shape, dtype=current.dtype)
+            if not np.isfinite(value).all():
+                raise ModelFileError(f"{where}: parameter {key!r} holds NaN or infinite "
+                                     f"values")
+            layer.params[pname] = value
         return net
 
 

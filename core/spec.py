@@ -39,7 +39,7 @@ NODE_KEYS = {"name", "layer", "inputs", "shares"}
 TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "seed", "validation_split",
               "bptt"}
 _REF = re.compile(r"^([^:\s]+)(?::(\d+))?$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@\-]*$")  # '@': "dense@2", a shared layer's 2nd use
 
 
 def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -153,7 +153,7 @@ class _Checked:
     def _check_name(self, name: Any, what: str) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise SpecError(f"{what} name {name!r} must start with a letter or _ and use "
-                            f"letters, digits, _ . -")
+                            f"letters, digits, _ . - @")
         if name in getattr(self, "inputs", {}) or name in getattr(self, "nodes", {}):
             raise SpecError(f"{what} name {name!r} is used twice")
 
@@ -311,6 +311,9 @@ def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
                 tensors[name] = layer(*args, name=name)
             except DeltapropError as exc:
                 raise type(exc)(f"{source}: {exc}") from None
+            except (MemoryError, OverflowError, ValueError) as exc:  # e.g. units = 10**12
+                raise SpecError(f"{where} ({layer.name}): cannot build it for input shapes "
+                                f"{[list(a.shape) for a in args]}: {exc}") from None
         outputs = [resolve(r, f"{source}: outputs") for r in checked.outputs]
     try:
         net = Network(net_inputs, outputs, name=checked.name)

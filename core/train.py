@@ -92,7 +92,10 @@ def check_data(net: Network, xs: list[np.ndarray], y: Any, loss: Loss | None,
         raise DataError(f"{what}: x has {n} samples but y has "
                         f"{len(y) if y.ndim else 'a scalar'}")
     if loss is not None:
-        y = loss.check_target(net.outputs[0].shape, y)
+        try:
+            y = loss.check_target(net.outputs[0].shape, y)
+        except DataError as exc:
+            raise DataError(f"{what}: {exc}") from None
     return y
 
 
@@ -193,8 +196,9 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
     bar = tqdm(total=epochs * steps_per_epoch, initial=done,
                disable=not show_progress(progress), unit="batch", dynamic_ncols=True,
                leave=True)
-    try:
-        with stop_on_signals(saver is not None) as stop:
+    try:  # numpy's overflow warnings are redundant: a non-finite loss stops training
+        with stop_on_signals(saver is not None) as stop, np.errstate(
+                over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(pos.epoch, epochs):
                 if pos.order is None:
                     pos.order = rng.permutation(n) if shuffle else np.arange(n)
