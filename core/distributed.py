@@ -101,10 +101,10 @@ class Distributed:
         return f"<Distributed rank {self.rank} of {self.size}, timeout {self.timeout:g} s>"
 
     # -- timed collectives ------------------------------------------------------------------
-    def wait(self, request: Any, what: str, spin: float = 0.005) -> None:
+    def wait(self, request: Any, what: str, spin: float = 0.005, nap: float = 1e-3) -> None:
         """Complete ``request`` or raise once the deadline passes. Polls for ``spin``
         seconds yielding the core between tests (a step's allreduce usually lands by
-        then), then sleeps a millisecond between tests until the deadline."""
+        then), then sleeps ``nap`` seconds between tests until the deadline."""
         MPI = self._MPI
         start = time.monotonic()
         deadline = start + self.timeout
@@ -119,7 +119,7 @@ class Distributed:
                 if now - start < spin:
                     os.sched_yield()
                 else:
-                    time.sleep(1e-3)
+                    time.sleep(nap)
         except MPI.Exception as exc:
             raise DistributedError(f"rank {self.rank} of {self.size}: {what} failed in MPI: "
                                    f"{exc}") from None
