@@ -290,6 +290,7 @@ class Checkpointer:
         self.path = checkpoint_path(location)
         self.net, self.optimizer, self.identity, self.every = net, optimizer, identity, every
         self.saved: Position | None = None
+        self.first_save = True  # until a save, or a resume from an existing checkpoint
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete the half-written files of writers killed mid-save (never the checkpoint)."""
@@ -310,9 +311,17 @@ class Checkpointer:
         check_resumable(ckpt, self.identity, n_samples, steps_per_epoch)
         ckpt.restore(self.net, self.optimizer, rng)
         self.saved = ckpt.position
+        self.first_save = False
         return ckpt.position
 
     def save(self, position: Position, rng: np.random.Generator) -> None:
+        if self.first_save:  # never overwrite the checkpoint of a run not resumed
+            if self.path.exists():
+                raise CheckpointError(f"checkpoint {str(self.path)!r} already exists; "
+                                      f"continue it with resume (--resume) or use another "
+                                      f"directory")
+            self.remove_stale_temporaries()
+            self.first_save = False
         try:
             save_checkpoint(self.path, self.net, self.optimizer, position, rng, self.identity)
         except DeltapropError as exc:

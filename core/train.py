@@ -143,7 +143,7 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
     """
     from tqdm.auto import tqdm
 
-    from .anomaly import AnomalyDetector, checked_train_step
+    from .anomaly import AnomalyDetector, AnomalyError, checked_train_step
     from .checkpoint import Checkpointer, Position, data_digest, run_identity, stop_on_signals
 
     _single_output(net, "fit")
@@ -212,9 +212,9 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
                             value = checked_train_step(net, [a[idx] for a in xs], y[idx],
                                                        loss=loss_fn, optimizer=opt,
                                                        detector=detector)
-                        except TrainingError as exc:
+                        except AnomalyError as exc:
                             last = saver.last_good() if saver is not None else ""
-                            raise type(exc)(f"{exc}{last}") from None
+                            raise AnomalyError(f"{exc}{last}") from None
                     elif distributed:
                         value = distributed.train_step(net, xs, y, idx, loss=loss_fn,
                                                        optimizer=opt, stop=stop)

@@ -6,7 +6,8 @@ test can name rather than one left to timing.
 
 MODE is ``none`` (no interruption), ``kill``, ``term`` or ``int`` (send this process
 SIGKILL, SIGTERM or SIGINT right after optimizer step N of this process), or
-``kill-in-save`` (SIGKILL while the N-th checkpoint of this process is half written).
+``kill-in-save`` / ``term-in-save`` (SIGKILL / SIGTERM while the N-th file this
+process saves is half written).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def interrupt_after_step(n: int, signum: int) -> None:
     Optimizer.step = step  # type: ignore[method-assign]
 
 
-def kill_during_save(n: int) -> None:
+def signal_during_save(n: int, signum: int) -> None:
+    """Send ``signum`` when the n-th file is half written; if the process survives the
+    signal (SIGTERM is handled), the write goes on to the end."""
     original = np.savez
     count = [0]
 
@@ -52,7 +55,8 @@ def kill_during_save(n: int) -> None:
         file.write(data[: len(data) // 2])
         file.flush()
         os.fsync(file.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signum)
+        file.write(data[len(data) // 2:])
         return None
 
     np.savez = savez  # type: ignore[assignment]
@@ -62,9 +66,9 @@ if __name__ == "__main__":
     mode, n = sys.argv[1], int(sys.argv[2])
     if mode in SIGNALS:
         interrupt_after_step(n, SIGNALS[mode])
-    elif mode == "kill-in-save":
+    elif mode in ("kill-in-save", "term-in-save"):
         assert deltaprop.checkpoint.write_npz  # the writer goes through numpy.savez
-        kill_during_save(n)
+        signal_during_save(n, signal.SIGKILL if mode == "kill-in-save" else signal.SIGTERM)
     elif mode != "none":
         raise SystemExit(f"unknown mode {mode!r}")
     sys.exit(main(sys.argv[3:]))

@@ -148,6 +148,18 @@ def test_writer_killed_mid_save_leaves_the_previous_checkpoint(tmp_path, baselin
     resume_and_compare(tmp_path, baseline, args, from_checkpoint=save_number > 1)
 
 
+def test_sigterm_mid_save_finishes_the_save_then_stops(tmp_path, baseline):
+    """SIGTERM while the end-of-epoch-1 checkpoint is half written: the write completes,
+    training stops there with exit status 143, and resuming loses nothing."""
+    args = ["--checkpoint", "ck", "--out", "out.npz", "--metrics-json", "m.json"]
+    done = drive(tmp_path, "term-in-save", 2, *args)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "interrupted by SIGTERM at epoch 2 after 0 batch(es)" in done.stderr
+    pos = load_checkpoint(tmp_path / "ck", net_for_checkpoint()).position
+    assert (pos.epoch, pos.batch) == (1, 0)
+    resume_and_compare(tmp_path, baseline, args)
+
+
 def test_killed_from_outside_at_random_moments(tmp_path, baseline):
     """SIGKILL from another process at a random moment after the run has saved a new
     checkpoint (so each round makes progress however slow the machine), resume, again."""
@@ -156,7 +168,7 @@ def test_killed_from_outside_at_random_moments(tmp_path, baseline):
     ckpt_file = checkpoint_path(tmp_path / "ck")
     rng = np.random.default_rng(7)
     positions: list[int] = []
-    for _ in range(4):
+    for _ in range(3):
         seen = ckpt_file.stat().st_mtime_ns if ckpt_file.exists() else None
         proc = subprocess.Popen([sys.executable, str(DRIVER), "none", "0", *COMMON, *args,
                                  "--resume"], cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -294,6 +306,21 @@ def test_signal_in_process_saves_and_raises(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
     pos = load_checkpoint(tmp_path, net).position
     assert (pos.epoch, pos.batch) == (1, 0)
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    net, x, y = small_problem()
+
+    def on_epoch_end(epoch, history):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="interrupted twice by SIGINT"):
+        net.fit(x, y, epochs=3, batch_size=8, seed=0, progress=False, checkpoint=tmp_path,
+                detect_anomaly=True, on_epoch_end=on_epoch_end)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    pos = load_checkpoint(tmp_path, net).position
+    assert (pos.epoch, pos.batch) == (1, 0)  # the end-of-epoch save before the signals
 
 
 # -- divergence: the node at fault, and the last good checkpoint ----------------------------

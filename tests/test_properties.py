@@ -413,7 +413,7 @@ def _rebuild(data: st.DataObject, raw: bytes) -> bytes:
             arrays[key] = arrays[key].reshape(-1)[: max(arrays[key].size - 1, 1)]
         elif change == "drop":
             del arrays[key]
-        elif change == "nan":
+        elif change == "nan" and arrays[key].dtype.kind == "f":
             arrays[key] = np.full_like(arrays[key], np.nan)
         else:
             arrays[key] = arrays[key].astype(np.int32)
@@ -450,3 +450,100 @@ def report_counts():
     yield
     if COUNTS:
         print("\nproperty runs: " + ", ".join(f"{k}: {v}" for k, v in sorted(COUNTS.items())))
+
+
+# -- hostile checkpoints and data files ------------------------------------------------------
+
+def _checkpoint_problem():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 24)
+    net = deltaprop.Sequential([deltaprop.create("dense", units=5), deltaprop.create("tanh"),
+                                deltaprop.create("dense", units=3)], 4, seed=0)
+    return net, x, y
+
+
+def _valid_checkpoint_bytes() -> bytes:
+    """A mid-epoch checkpoint (sample order, optimizer moments): SIGTERM after step 3."""
+    import os
+    import signal
+    import tempfile
+
+    from deltaprop.checkpoint import TrainingInterrupted, checkpoint_path
+
+    net, x, y = _checkpoint_problem()
+    opt = deltaprop.create_optimizer("adam")
+    original = opt.step
+
+    def step(params, grads):
+        original(params, grads)
+        if opt.t == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    opt.step = step
+    with tempfile.TemporaryDirectory() as folder:
+        with pytest.raises(TrainingInterrupted):
+            net.fit(x, y, optimizer=opt, epochs=1, batch_size=5, seed=0, progress=False,
+                    checkpoint=folder)
+        return checkpoint_path(folder).read_bytes()
+
+
+VALID_CHECKPOINT = _valid_checkpoint_bytes()
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(data=st.data())
+def test_mutated_checkpoints_raise_only_deltaprop_errors_on_resume(data, tmp_path_factory):
+    if data.draw(st.booleans(), label="structural"):
+        raw = _rebuild(data, VALID_CHECKPOINT)
+    else:
+        raw = mutate_bytes(data, VALID_CHECKPOINT)
+    folder = tmp_path_factory.mktemp("ckpt")
+    (folder / "checkpoint.npz").write_bytes(raw)
+    net, x, y = _checkpoint_problem()
+
+    def resume():
+        net.fit(x, y, epochs=2, batch_size=5, seed=0, progress=False, checkpoint=folder,
+                resume=True)
+        return net
+
+    count(f"mutated checkpoints {must_only_raise_own_errors(resume)}")
+
+
+def _idx(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape) + array.astype(np.uint8).tobytes()
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(data=st.data())
+def test_mutated_data_files_raise_only_deltaprop_errors(data, tmp_path_factory):
+    import gzip
+
+    from deltaprop.data import load_data, read_idx
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 4, 4))
+    labels = rng.integers(0, 10, 6)
+    folder = tmp_path_factory.mktemp("data")
+    kind = data.draw(st.sampled_from(["idx", "idx.gz", "npz"]), label="kind")
+    if kind == "npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, x_train=images.astype(np.float32), y_train=labels,
+                 x_test=images[:2].astype(np.float32), y_test=labels[:2])
+        path = folder / "data.npz"
+        path.write_bytes(mutate_bytes(data, buffer.getvalue()))
+        action = lambda: load_data(path)  # noqa: E731
+    else:
+        raw = mutate_bytes(data, _idx(data.draw(st.sampled_from([images, labels]))))
+        path = folder / ("file.gz" if kind == "idx.gz" else "file")
+        if kind == "idx.gz":
+            raw = mutate_bytes(data, gzip.compress(raw))
+        path.write_bytes(raw)
+        action = lambda: read_idx(path)  # noqa: E731
+    try:
+        action()
+        outcome = "accepted"
+    except DeltapropError:
+        outcome = "refused"
+    count(f"mutated data files {outcome}")
