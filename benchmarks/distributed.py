@@ -114,7 +114,6 @@ def compute_per_step(batch: int = 32, repeats: int = 30) -> dict[str, dict[str, 
     """Median ms of one local training step (forward, backward, update) per network,
     on random inputs of its input shape."""
     import deltaprop
-
     from benchmarks.common import interleaved_medians
 
     rng = np.random.default_rng(0)

@@ -18,7 +18,8 @@ import numpy as np
 from .errors import ConfigError, DeltapropError
 
 EXIT_ERROR = 2
-PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers", "initializer": "initializers"}
+PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
+          "initializer": "initializers"}
 
 
 def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
@@ -279,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"deltaprop: {message}", file=sys.stderr)
             return 128 + int(signum)
         print(f"deltaprop: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a file the user named could not be read or written
+        if args.debug:
+            raise
+        name = f" {exc.filename!r}" if exc.filename else ""
+        print(f"deltaprop: error:{name} {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("deltaprop: interrupted", file=sys.stderr)

@@ -12,9 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import deltaprop
 import numpy as np
 import pytest
+
+import deltaprop
 from deltaprop.distributed import FlatLayout
 
 RANKS = 2
