@@ -92,10 +92,11 @@ def _shape(value: Any, where: str) -> tuple[tuple[int, ...], str | None]:
         value = value["shape"]
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, list) or not value or not all(
+    # [] is one number per sample (sequence lengths, class ids): it must round-trip too
+    if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value
     ):
-        raise SpecError(f"{where}: shape must be a non-empty list of positive integers, "
+        raise SpecError(f"{where}: shape must be a list of positive integers, "
                         f"got {value!r}")
     return tuple(value), dtype
 
