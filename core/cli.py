@@ -77,6 +77,14 @@ def check_writable(path: str | None, option: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.distributed:  # every rank runs the same command; see deltaprop.distributed
+        from .distributed import run_on_ranks
+
+        return run_on_ranks(_train, args, timeout=args.mpi_timeout)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     from .data import describe, load_data
     from .io import atomic_write, save
     from .registry import create_loss
@@ -130,18 +138,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       epochs=epochs, batch_size=batch_size, seed=seed,
                       progress=False if args.no_progress else None,
-                      detect_anomaly=args.detect_anomaly, **resumable)
+                      detect_anomaly=args.detect_anomaly, distributed=distributed, **resumable)
     seconds = time.perf_counter() - start
-    metrics = net.evaluate(data.x_test, data.y_test, loss=loss)
+    metrics = (distributed.evaluate(net, data.x_test, data.y_test, loss=loss) if distributed
+               else net.evaluate(data.x_test, data.y_test, loss=loss))
     final_loss = history.loss[-1] if history.loss else float("nan")
     print(f"trained in {seconds:.1f} s; final train loss {final_loss:.4f}")
     if "accuracy" in metrics:
         print(f"test accuracy: {metrics['accuracy']:.4f}")
     print(f"test loss: {metrics['loss']:.4f}")
-    if args.out:
+    writer = distributed is None or distributed.is_root
+    if args.out and writer:
         save(net, args.out)
         print(f"saved {args.out}")
-    if args.metrics_json:
+    if args.metrics_json and writer:
         report = {"test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
                   "final_train_loss": final_loss, "epochs": epochs, "seconds": seconds}
         if memory is not None:
@@ -236,6 +246,12 @@ def make_parser() -> argparse.ArgumentParser:
                        help="also save the checkpoint every N batches")
     train.add_argument("--detect-anomaly", action="store_true",
                        help="name the first node whose output or gradient became non-finite")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI: run as mpiexec -n N deltaprop train ... "
+                            "--distributed (--batch-size is then per rank)")
+    train.add_argument("--mpi-timeout", type=float, metavar="SECONDS",
+                       help="with --distributed: stop with an error when another rank does not "
+                            "join a collective within this time (default 300)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on test data")

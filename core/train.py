@@ -139,7 +139,8 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
         shuffle: bool = True, progress: bool | None = None,
         on_epoch_end: Callable[[int, History], None] | None = None,
         checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
-        checkpoint_every: int | None = None, detect_anomaly: bool = False) -> History:
+        checkpoint_every: int | None = None, detect_anomaly: bool = False,
+        distributed: Any = None) -> History:
     """Train with mini-batches; a tqdm bar shows progress (off when not a terminal or
     when ``progress=False``). Runs with the same ``seed`` are identical.
 
@@ -149,6 +150,9 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
     continues from it, ending with the same weights as an uninterrupted run.
     ``detect_anomaly`` names the first node whose output or gradient became
     non-finite, before the optimizer applies it.
+
+    ``distributed`` (True or a ``deltaprop.distributed.Distributed``, under mpiexec)
+    trains data-parallel over MPI; ``batch_size`` is then per rank.
     """
     from tqdm.auto import tqdm
 
@@ -172,6 +176,14 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
     n = len(xs[0])
     if n == 0:
         raise DataError("training data is empty")
+    if distributed:  # data-parallel over MPI: see deltaprop.distributed
+        from .distributed import as_distributed
+
+        if detect_anomaly:
+            raise TrainingError("detect_anomaly does not work with distributed training yet")
+        distributed = as_distributed(distributed)
+        opt, batch_size, seed, progress = distributed.prepare_fit(
+            net, opt, batch_size=batch_size, seed=seed, progress=progress, n_samples=n)
     rng = np.random.default_rng(seed)
     history = History()
     steps_per_epoch = -(-n // batch_size)
@@ -181,6 +193,8 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
         identity = run_identity(net, opt, loss_fn, batch_size=batch_size, seed=seed,
                                 shuffle=shuffle, digest=data_digest(xs, y))
         saver = Checkpointer(checkpoint, net, opt, identity, every=checkpoint_every)
+        if distributed:
+            saver = distributed.root_only(saver)
         restored = saver.resume(rng, n, steps_per_epoch) if resume else None
         if restored is not None:
             pos = restored
@@ -214,6 +228,9 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
                         except AnomalyError as exc:
                             last = saver.last_good() if saver is not None else ""
                             raise AnomalyError(f"{exc}{last}") from None
+                    elif distributed:
+                        value = distributed.train_step(net, xs, y, idx, loss=loss_fn,
+                                                       optimizer=opt, stop=stop)
                     else:
                         value = train_step(net, [a[idx] for a in xs], y[idx], loss=loss_fn,
                                            optimizer=opt)
@@ -234,7 +251,8 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
                             raise saver.interrupted(stop, pos, rng)
                 history.loss.append(pos.epoch_loss / n)
                 if validation is not None:
-                    metrics = evaluate(net, vx, vy, loss=loss_fn)
+                    metrics = (distributed.evaluate(net, vx, vy, loss=loss_fn) if distributed
+                               else evaluate(net, vx, vy, loss=loss_fn))
                     history.val_loss.append(metrics["loss"])
                     if "accuracy" in metrics:
                         history.val_accuracy.append(metrics["accuracy"])
