@@ -120,9 +120,18 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
         optimizer: str | Optimizer = "adam", epochs: int = 10, batch_size: int = 32,
         validation: tuple[Any, Any] | None = None, seed: int | None = None,
         shuffle: bool = True, progress: bool | None = None,
-        on_epoch_end: Callable[[int, History], None] | None = None) -> History:
+        on_epoch_end: Callable[[int, History], None] | None = None,
+        bptt: int | None = None) -> History:
     """Train with mini-batches; a tqdm bar shows progress (off when not a terminal or
-    when ``progress=False``). Runs with the same ``seed`` are identical."""
+    when ``progress=False``). Runs with the same ``seed`` are identical. ``bptt=k``
+    trains long sequences in chunks of k steps (see ``deltaprop.bptt``)."""
+    if bptt is not None:
+        from .bptt import fit_truncated
+
+        return fit_truncated(net, x, y, bptt=bptt, loss=loss, optimizer=optimizer,
+                             epochs=epochs, batch_size=batch_size, validation=validation,
+                             seed=seed, shuffle=shuffle, progress=progress,
+                             on_epoch_end=on_epoch_end)
     from tqdm.auto import tqdm
 
     _single_output(net, "fit")
