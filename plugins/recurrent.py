@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-
 from deltaprop import Layer, hookimpl
 from deltaprop.bptt import carried_state
 from deltaprop.config import choice, positive_int
