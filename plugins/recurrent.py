@@ -43,14 +43,6 @@ STATES = {"rnn": 1, "lstm": 2, "gru": 1}
 # kernels: plain functions of arrays, shared by the layers and the bidirectional wrapper
 # --------------------------------------------------------------------------------------
 
-def _sigmoid_inplace(a: np.ndarray) -> None:
-    """sigmoid(a) = (1 + tanh(a / 2)) / 2, written into ``a`` (no overflow, no temporaries)."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
-
-
 def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -72,6 +64,25 @@ def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
     return prev
 
 
+def _lstm_order(H: int) -> np.ndarray:
+    """Columns of PyTorch's (i, f, g, o) layout in the internal order (i, f, o, g)."""
+    return np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
+
+
+def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
+                     ) -> tuple[np.ndarray, ...]:
+    """Weights as the forward loop uses them: sigmoid gates' columns halved, lstm gates
+    reordered to (i, f, o, g)."""
+    W_x, W_h, b_x, b_h = params
+    n_sig = 3 * H if cell == "lstm" else 2 * H
+    scale = np.ones(W_h.shape[1], dtype=W_h.dtype)
+    scale[:n_sig] = 0.5
+    if cell == "lstm":
+        order = _lstm_order(H)
+        W_x, W_h, b_x, b_h = W_x[:, order], W_h[:, order], b_x[order], b_h[order]
+    return W_x * scale, W_h * scale, b_x * scale, b_h * scale
+
+
 def _zeros_state(state: np.ndarray | None, B: int, H: int, dtype: Any) -> np.ndarray:
     return np.zeros((B, H), dtype=dtype) if state is None else state
 
@@ -90,6 +101,11 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
     H = W_h.shape[0]
     dt = x.dtype
     h0 = _zeros_state(states[0], B, H, dt)
+    if cell != "rnn":
+        # sigmoid(a) = (1 + tanh(a / 2)) / 2: the halving is folded into the weights, so
+        # one tanh call covers every gate of a step (and lstm gates go in the order
+        # i, f, o, g inside, the three sigmoid gates side by side)
+        W_x, W_h, b_x, b_h = _internal_params(cell, params, H)
     # the input projection of every step at once
     P = (x.reshape(B * T, F) @ W_x).reshape(B, T, -1)
     if cell == "gru":
@@ -129,16 +145,17 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
             a = P[:, t]
             np.matmul(h, W_h, out=tmp)
             a += tmp
-            _sigmoid_inplace(a[:, :2 * H])
-            np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
-            _sigmoid_inplace(a[:, 3 * H:])
+            np.tanh(a, out=a)
+            sig = a[:, :3 * H]
+            sig *= 0.5
+            sig += 0.5
             ct = C[:, t]
             np.multiply(a[:, H:2 * H], c, out=ct)
-            np.multiply(a[:, :H], a[:, 2 * H:3 * H], out=tc)
+            np.multiply(a[:, :H], a[:, 3 * H:], out=tc)
             ct += tc
             np.tanh(ct, out=tc)
             yt = Y[:, t]
-            np.multiply(a[:, 3 * H:], tc, out=yt)
+            np.multiply(a[:, 2 * H:3 * H], tc, out=yt)
             if mask is not None:
                 m = m_col[:, t]
                 np.copyto(ct, c, where=~m)
@@ -161,7 +178,9 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
         tmp += b_h
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
-        _sigmoid_inplace(rz)
+        np.tanh(rz, out=rz)
+        rz *= 0.5
+        rz += 0.5
         R[:, t] = tmp[:, 2 * H:]
         n = a[:, 2 * H:]
         np.multiply(a[:, :H], tmp[:, 2 * H:], out=th)
@@ -191,7 +210,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
     """
     cell = cache[0]
-    W_x, W_h, b_x, b_h = params
+    W_x, W_h = params[0], params[1]
     x = cache[1]
     B, T, F = x.shape
     H = W_h.shape[0]
@@ -212,13 +231,13 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     else:
         dYm = dY
     dh = np.zeros((B, H), dtype=dt) if d_finals[0] is None else d_finals[0].astype(dt, copy=True)
-    order = _order(T, not reverse)  # processing order, backwards
+    order_t = _order(T, not reverse)  # processing order, backwards
 
     if cell == "rnn":
         # dA holds the pre-activation deltas; start from the output deltas
         dA = np.zeros((B, T, H), dtype=dt) if dYm is None else np.array(dYm, dtype=dt)
         D = 1.0 - Y * Y if activation == "tanh" else (Y > 0).astype(dt)
-        for t in order:
+        for t in order_t:
             da = dA[:, t]
             if maskf is not None:
                 m = maskf[:, t]
@@ -239,18 +258,21 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         return dx, d_states, grads
 
     if cell == "lstm":
+        # P holds the gate activations in the internal order (i, f, o, g)
+        order = _lstm_order(H)
+        W_hT = W_h[:, order].T
         dc = np.zeros((B, H), dtype=dt) if d_finals[1] is None \
             else d_finals[1].astype(dt, copy=True)
         TC = np.tanh(C)
         DTC = 1.0 - TC * TC
         # derivative of each gate's activation at its pre-activation
         D = P * (1.0 - P)
-        g = P[:, :, 2 * H:3 * H]
-        np.multiply(g, g, out=D[:, :, 2 * H:3 * H])
-        np.subtract(1.0, D[:, :, 2 * H:3 * H], out=D[:, :, 2 * H:3 * H])
+        g = P[:, :, 3 * H:]
+        np.multiply(g, g, out=D[:, :, 3 * H:])
+        np.subtract(1.0, D[:, :, 3 * H:], out=D[:, :, 3 * H:])
         dA = np.empty_like(P)
         tmp = np.empty((B, H), dtype=dt)
-        for t in order:
+        for t in order_t:
             a = P[:, t]
             da = dA[:, t]
             if dYm is not None:
@@ -261,15 +283,15 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
                 pass_c = dc * (1.0 - m)
                 dh *= m
                 dc *= m
-            np.multiply(dh, TC[:, t], out=da[:, 3 * H:])            # d o
-            np.multiply(dh, a[:, 3 * H:], out=tmp)
+            np.multiply(dh, TC[:, t], out=da[:, 2 * H:3 * H])        # d o
+            np.multiply(dh, a[:, 2 * H:3 * H], out=tmp)
             tmp *= DTC[:, t]
             dc += tmp                                                # d c_t
             prev = t + 1 if reverse else t - 1
             c_prev = C[:, prev] if 0 <= prev < T else c0
-            np.multiply(dc, a[:, 2 * H:3 * H], out=da[:, :H])        # d i
+            np.multiply(dc, a[:, 3 * H:], out=da[:, :H])             # d i
             np.multiply(dc, c_prev, out=da[:, H:2 * H])              # d f
-            np.multiply(dc, a[:, :H], out=da[:, 2 * H:3 * H])        # d g
+            np.multiply(dc, a[:, :H], out=da[:, 3 * H:])             # d g
             da *= D[:, t]
             dc *= a[:, H:2 * H]                                      # d c_{t-1}
             np.matmul(da, W_hT, out=dh)                              # d h_{t-1}
@@ -279,9 +301,11 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         d_states = [dh, dc]
         Hprev = _previous_states(Y, h0, mask, reverse)
         dA2 = dA.reshape(B * T, 4 * H)
-        db = dA2.sum(axis=0)
-        grads = [x.reshape(B * T, F).T @ dA2, Hprev.reshape(B * T, H).T @ dA2, db, db.copy()]
-        dx = (dA2 @ W_x.T).reshape(B, T, F) if need_dx else None
+        back = np.argsort(order)  # internal columns back to PyTorch's order
+        db = dA2.sum(axis=0)[back]
+        grads = [(x.reshape(B * T, F).T @ dA2)[:, back],
+                 (Hprev.reshape(B * T, H).T @ dA2)[:, back], db, db.copy()]
+        dx = (dA2 @ W_x[:, order].T).reshape(B, T, F) if need_dx else None
         return dx, d_states, grads
 
     # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
@@ -296,7 +320,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     h_minus_n = Hprev - n
     dGx = np.empty_like(P)   # deltas of the input-projection pre-activations
     dGh = np.empty_like(P)   # deltas of h @ W_h + b_h
-    for t in order:
+    for t in order_t:
         if dYm is not None:
             dh += dYm[:, t]
         if maskf is not None:

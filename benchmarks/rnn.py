@@ -1,0 +1,107 @@
+"""Recurrent layers, forward plus backward over a whole sequence: deltaprop's rnn, lstm and
+gru (through the network executor) against torch.nn.RNN/LSTM/GRU on the CPU, and the
+cache an LSTM keeps per time step.
+
+    python -m benchmarks.rnn [--quick]
+
+Case of the issue: T=32, batch 64, 64 input features, 128 hidden units, float32.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+import deltaprop
+from benchmarks.common import format_rows, interleaved_medians, row, torch_or_none
+
+T, BATCH, FEATURES, HIDDEN = 32, 64, 64, 128
+
+
+def make_network(cell: str, units: int = HIDDEN, features: int = FEATURES,
+                 steps: int = T, seed: int = 0) -> Any:
+    layer = deltaprop.create(cell, units=units, return_sequences=True)
+    return deltaprop.Sequential([layer], input_shape=(steps, features), seed=seed)
+
+
+def deltaprop_step(net: Any, x: np.ndarray, grad: np.ndarray) -> None:
+    net.forward(x, train=True)
+    net.backward(grad, input_grads=True)
+
+
+def lstm_cache_report(batch: int = BATCH, units: int = HIDDEN, features: int = FEATURES,
+                      steps: int = T) -> dict[str, Any]:
+    """Bytes the executor holds for one LSTM node after a training forward, per step and
+    per sample, and what they are: the input x (features) for dW_x and dx; the four gate
+    activations i, f, g, o (4 units) for every gate delta; the cell state c_t (units),
+    whose tanh gives do and dc and which is c_{t-1} for df one step later; and the output
+    h_t (units), which is h_{t-1} for dW_h. tanh(c_t) and the activation derivatives are
+    recomputed in backward rather than kept."""
+    net = make_network("lstm", units, features, steps)
+    x = np.random.default_rng(0).standard_normal((batch, steps, features)).astype(np.float32)
+    net.forward(x, train=True)
+    total = net.cache_bytes
+    per_step = total / steps
+    itemsize = 4
+    expected = (features + 4 * units + units + units) * itemsize
+    return {"cache_bytes": total, "bytes_per_step": per_step,
+            "bytes_per_step_per_sample": per_step / batch,
+            "explained_per_sample": expected,
+            "breakdown": {"x": features * itemsize, "gates_ifgo": 4 * units * itemsize,
+                          "c": units * itemsize, "h": units * itemsize}}
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, T, FEATURES)).astype(np.float32)
+    grad = rng.standard_normal((BATCH, T, HIDDEN)).astype(np.float32)
+    torch = torch_or_none()
+    if torch is not None:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = []
+    repeats = 5 if quick else 30
+    for cell in ("rnn", "lstm", "gru"):
+        net = make_network(cell)
+        candidates = {"deltaprop": lambda net=net: deltaprop_step(net, x, grad)}
+        if torch is not None:
+            module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM,
+                      "gru": torch.nn.GRU}[cell](FEATURES, HIDDEN, batch_first=True)
+            xt = torch.from_numpy(x).requires_grad_(True)
+            gt = torch.from_numpy(grad)
+
+            def torch_step(module: Any = module, xt: Any = xt, gt: Any = gt) -> None:
+                module.zero_grad(set_to_none=True)
+                xt.grad = None
+                out, _ = module(xt)
+                out.backward(gt)
+
+            candidates["torch"] = torch_step
+        ms = interleaved_medians(candidates, repeats=repeats, warmup=2 if quick else 5)
+        rows.append(row("rnn", f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b", ms,
+                        "torch" if torch is not None else "deltaprop"))
+    cache = lstm_cache_report()
+    rows.append({"benchmark": "rnn", "case": "lstm cache", "ms": {}, "reference": "",
+                 **cache})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    rows = run(quick="--quick" in argv)
+    timed = [r for r in rows if r["ms"]]
+    print(format_rows(timed))
+    for r in rows:
+        if r["case"] == "lstm cache":
+            print(f"lstm cache: {r['cache_bytes']} bytes for {T} steps of batch {BATCH}: "
+                  f"{r['bytes_per_step']:.0f} bytes per step, "
+                  f"{r['bytes_per_step_per_sample']:.0f} per step per sample "
+                  f"(x {r['breakdown']['x']} + gates {r['breakdown']['gates_ifgo']} + "
+                  f"c {r['breakdown']['c']} + h {r['breakdown']['h']} = "
+                  f"{r['explained_per_sample']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
