@@ -9,6 +9,7 @@ Case of the issue: T=32, batch 64, 64 input features, 128 hidden units, float32.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,34 @@ import deltaprop
 from benchmarks.common import format_rows, interleaved_medians, row, torch_or_none
 
 T, BATCH, FEATURES, HIDDEN = 32, 64, 64, 128
+
+
+def _openblas() -> Any:
+    """numpy's bundled OpenBLAS through ctypes (to set its thread count), or None."""
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "*openblas*"))
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                     "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name), getattr(lib, name.replace("set", "get"), None)
+    return None
+
+
+def set_threads(n: int | None, torch: Any) -> None:
+    """Both libraries at ``n`` threads (None: as many as cores), so that neither gets
+    more cores than the other; on a loaded machine one thread each is the fairer race."""
+    n_cores = os.cpu_count() or 1
+    n = n_cores if n is None else n
+    blas = _openblas()
+    if blas is not None:
+        blas[0](n)
+    if torch is not None:
+        torch.set_num_threads(n)
 
 
 def make_network(cell: str, units: int = HIDDEN, features: int = FEATURES,
@@ -58,11 +87,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     x = rng.standard_normal((BATCH, T, FEATURES)).astype(np.float32)
     grad = rng.standard_normal((BATCH, T, HIDDEN)).astype(np.float32)
     torch = torch_or_none()
-    if torch is not None:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     repeats = 5 if quick else 30
-    for cell in ("rnn", "lstm", "gru"):
+    for threads, cell in [(t, c) for t in (1, None) for c in ("rnn", "lstm", "gru")]:
+        set_threads(threads, torch)
         net = make_network(cell)
         candidates = {"deltaprop": lambda net=net: deltaprop_step(net, x, grad)}
         if torch is not None:
@@ -79,8 +107,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
             candidates["torch"] = torch_step
         ms = interleaved_medians(candidates, repeats=repeats, warmup=2 if quick else 5)
-        rows.append(row("rnn", f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b", ms,
+        label = "1 thread" if threads == 1 else "all cores"
+        rows.append(row("rnn", f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b {label}", ms,
                         "torch" if torch is not None else "deltaprop"))
+    set_threads(None, torch)
     cache = lstm_cache_report()
     rows.append({"benchmark": "rnn", "case": "lstm cache", "ms": {}, "reference": "",
                  **cache})

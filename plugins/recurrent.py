@@ -80,7 +80,8 @@ def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
     if cell == "lstm":
         order = _lstm_order(H)
         W_x, W_h, b_x, b_h = W_x[:, order], W_h[:, order], b_x[order], b_h[order]
-    return W_x * scale, W_h * scale, b_x * scale, b_h * scale
+    return (np.ascontiguousarray(W_x * scale), np.ascontiguousarray(W_h * scale),
+            b_x * scale, b_h * scale)
 
 
 def _zeros_state(state: np.ndarray | None, B: int, H: int, dtype: Any) -> np.ndarray:
@@ -138,8 +139,8 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
     if cell == "lstm":
         c0 = _zeros_state(states[1], B, H, dt)
         C = np.empty((B, T, H), dtype=dt)  # the cell state carried after each step
+        TC = np.empty((B, T, H), dtype=dt)  # tanh(c_t), kept: tanh is the costly part
         tmp = np.empty((B, 4 * H), dtype=dt)
-        tc = np.empty((B, H), dtype=dt)
         c = c0
         for t in _order(T, reverse):
             a = P[:, t]
@@ -151,6 +152,7 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
             sig += 0.5
             ct = C[:, t]
             np.multiply(a[:, H:2 * H], c, out=ct)
+            tc = TC[:, t]
             np.multiply(a[:, :H], a[:, 3 * H:], out=tc)
             ct += tc
             np.tanh(ct, out=tc)
@@ -165,7 +167,7 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
                 h = yt
             c = ct
         finals = [h.copy(), c.copy()]
-        cache = (cell, x, P, C, Y, h0, c0, mask, reverse) if train else None
+        cache = (cell, x, P, C, TC, Y, h0, c0, mask, reverse) if train else None
         return Y, finals, cache
 
     # gru
@@ -219,7 +221,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     if cell == "rnn":
         _, x, Y, h0, mask, reverse, activation = cache
     elif cell == "lstm":
-        _, x, P, C, Y, h0, c0, mask, reverse = cache
+        _, x, P, C, TC, Y, h0, c0, mask, reverse = cache
     else:
         _, x, P, R, Y, h0, mask, reverse = cache
     maskf = None if mask is None else mask[:, :, None].astype(dt)
@@ -260,17 +262,19 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     if cell == "lstm":
         # P holds the gate activations in the internal order (i, f, o, g)
         order = _lstm_order(H)
-        W_hT = W_h[:, order].T
+        W_hT = np.ascontiguousarray(W_h[:, order].T)
         dc = np.zeros((B, H), dtype=dt) if d_finals[1] is None \
             else d_finals[1].astype(dt, copy=True)
-        TC = np.tanh(C)
-        DTC = 1.0 - TC * TC
-        # derivative of each gate's activation at its pre-activation
-        D = P * (1.0 - P)
+        # d c_t gets dh * o * (1 - tanh(c_t)^2): that product for every step at once
+        O_DTC = TC * TC
+        np.subtract(1.0, O_DTC, out=O_DTC)
+        O_DTC *= P[:, :, 2 * H:3 * H]
+        # dA starts as each gate's activation derivative, s (1 - s) or 1 - g^2
+        dA = np.subtract(1.0, P)
+        dA *= P
         g = P[:, :, 3 * H:]
-        np.multiply(g, g, out=D[:, :, 3 * H:])
-        np.subtract(1.0, D[:, :, 3 * H:], out=D[:, :, 3 * H:])
-        dA = np.empty_like(P)
+        np.multiply(g, g, out=dA[:, :, 3 * H:])
+        np.subtract(1.0, dA[:, :, 3 * H:], out=dA[:, :, 3 * H:])
         tmp = np.empty((B, H), dtype=dt)
         for t in order_t:
             a = P[:, t]
@@ -283,16 +287,18 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
                 pass_c = dc * (1.0 - m)
                 dh *= m
                 dc *= m
-            np.multiply(dh, TC[:, t], out=da[:, 2 * H:3 * H])        # d o
-            np.multiply(dh, a[:, 2 * H:3 * H], out=tmp)
-            tmp *= DTC[:, t]
+            np.multiply(dh, TC[:, t], out=tmp)
+            da[:, 2 * H:3 * H] *= tmp                                # d o
+            np.multiply(dh, O_DTC[:, t], out=tmp)
             dc += tmp                                                # d c_t
             prev = t + 1 if reverse else t - 1
             c_prev = C[:, prev] if 0 <= prev < T else c0
-            np.multiply(dc, a[:, 3 * H:], out=da[:, :H])             # d i
-            np.multiply(dc, c_prev, out=da[:, H:2 * H])              # d f
-            np.multiply(dc, a[:, :H], out=da[:, 3 * H:])             # d g
-            da *= D[:, t]
+            da[:, :H] *= dc
+            da[:, :H] *= a[:, 3 * H:]                                # d i
+            da[:, H:2 * H] *= dc
+            da[:, H:2 * H] *= c_prev                                 # d f
+            da[:, 3 * H:] *= dc
+            da[:, 3 * H:] *= a[:, :H]                                # d g
             dc *= a[:, H:2 * H]                                      # d c_{t-1}
             np.matmul(da, W_hT, out=dh)                              # d h_{t-1}
             if maskf is not None:
@@ -305,7 +311,8 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         db = dA2.sum(axis=0)[back]
         grads = [(x.reshape(B * T, F).T @ dA2)[:, back],
                  (Hprev.reshape(B * T, H).T @ dA2)[:, back], db, db.copy()]
-        dx = (dA2 @ W_x[:, order].T).reshape(B, T, F) if need_dx else None
+        dx = (dA2 @ np.ascontiguousarray(W_x[:, order]).T).reshape(B, T, F) if need_dx \
+            else None
         return dx, d_states, grads
 
     # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
