@@ -96,7 +96,7 @@ def _chunks(net: Network, xs: list[np.ndarray], k: int, what: str) -> int:
     """Check that every input has a time axis that is a multiple of ``k`` and that the
     network takes ``k`` steps; returns the number of chunks."""
     T = xs[0].shape[1] if xs[0].ndim >= 2 else 0
-    for t, a in zip(net.inputs, xs):
+    for t, a in zip(net.inputs, xs, strict=True):
         if a.ndim < 2 or a.shape[1] != T:
             raise DataError(f"{what}: truncated BPTT needs every input with a time axis "
                             f"(axis 1) of one length; input {t.node.name!r} has shape "

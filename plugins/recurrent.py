@@ -539,7 +539,7 @@ class Recurrent(Layer):
             grad_inputs.extend(d_states)
         if self.use_lengths:
             grad_inputs.append(None)
-        return tuple(grad_inputs), dict(zip(("W_x", "W_h", "b_x", "b_h"), grads))
+        return tuple(grad_inputs), dict(zip(("W_x", "W_h", "b_x", "b_h"), grads, strict=True))
 
     @classmethod
     def sample_inputs(cls, rng: np.random.Generator, input_shapes: Sequence[Shape],
@@ -742,8 +742,8 @@ class Bidirectional(Layer):
         if self.use_lengths:
             grad_inputs.append(None)
         names = ("W_x", "W_h", "b_x", "b_h")
-        grads = {f"forward_{k}": v for k, v in zip(names, gf)}
-        grads.update({f"backward_{k}": v for k, v in zip(names, gb)})
+        grads = {f"forward_{k}": v for k, v in zip(names, gf, strict=True)}
+        grads.update({f"backward_{k}": v for k, v in zip(names, gb, strict=True)})
         return tuple(grad_inputs), grads
 
     @classmethod

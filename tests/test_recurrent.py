@@ -53,7 +53,7 @@ def test_padding_changes_nothing_and_gets_no_gradient(cell, reverse):
                            reverse=reverse, dtype="float64")
         for k, v in layer.params.items():
             alone.params[k][...] = v
-        (last, h, *_), _ = alone.forward((x[b:b + 1, :n],), train=False)
+        (_, h, *_), _ = alone.forward((x[b:b + 1, :n],), train=False)
         np.testing.assert_allclose(outs[1][b], h[0], atol=1e-12)
         assert np.all(outs[0][b, n:] == 0)
     grads = [rng.standard_normal(o.shape) for o in outs]
