@@ -49,18 +49,18 @@ def _order(T: int, reverse: bool) -> range:
 
 def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
                      reverse: bool) -> np.ndarray:
-    """The state each step started from: the previous step's output in processing order,
-    or h0 where there is no previous valid step (the start, or a reversed sequence's
-    padding). Steps that are padding get h0 too; their gate gradients are zero."""
+    """(time, batch, units): the state each step started from, i.e. the previous step's
+    output in processing order, or h0 where there is no previous valid step (the start,
+    or a reversed sequence's padding). Padded steps get h0 too; their gate deltas are 0."""
     prev = np.empty_like(Y)
     if reverse:
-        prev[:, :-1] = Y[:, 1:]
-        prev[:, -1] = h0
+        prev[:-1] = Y[1:]
+        prev[-1] = h0
         if mask is not None:
-            np.copyto(prev[:, :-1], h0[:, None, :], where=~mask[:, 1:, None])
+            np.copyto(prev[:-1], h0[None], where=~mask[1:])
     else:
-        prev[:, 1:] = Y[:, :-1]
-        prev[:, 0] = h0
+        prev[1:] = Y[:-1]
+        prev[0] = h0
     return prev
 
 
@@ -88,14 +88,21 @@ def _zeros_state(state: np.ndarray | None, B: int, H: int, dtype: Any) -> np.nda
     return np.zeros((B, H), dtype=dtype) if state is None else state
 
 
+def _batch_major(a: np.ndarray) -> np.ndarray:
+    """(time, batch, ...) to a C-contiguous (batch, time, ...)."""
+    return np.ascontiguousarray(a.transpose(1, 0, *range(2, a.ndim)))
+
+
 def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
                      states: Sequence[np.ndarray | None], mask: np.ndarray | None,
                      reverse: bool, activation: str, train: bool
                      ) -> tuple[np.ndarray, list[np.ndarray], Any]:
     """Run one direction of a cell over ``x`` (batch, time, features).
 
-    Returns the output sequence (zeros at padded steps), the final states (h, and c for
-    lstm) and the cache (None unless ``train``). ``mask`` is (batch, time) bool or None.
+    Returns the output sequence (batch, time, units; zeros at padded steps), the final
+    states (h, and c for lstm) and the cache (None unless ``train``). ``mask`` is
+    (batch, time) bool or None. Inside, arrays are time-major so that every step's
+    slice is contiguous.
     """
     W_x, W_h, b_x, b_h = params
     B, T, F = x.shape
@@ -108,58 +115,58 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
         # i, f, o, g inside, the three sigmoid gates side by side)
         W_x, W_h, b_x, b_h = _internal_params(cell, params, H)
     # the input projection of every step at once
-    P = (x.reshape(B * T, F) @ W_x).reshape(B, T, -1)
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * B, F)
+    P = (xt @ W_x).reshape(T, B, -1)
     if cell == "gru":
         P += b_x  # b_hn stays inside the reset gate
     else:
         P += b_x + b_h
-    Y = np.empty((B, T, H), dtype=dt)
-    m_col = None if mask is None else mask[:, :, None]
+    Y = np.empty((T, B, H), dtype=dt)
+    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
     h = h0
     if cell == "rnn":
-        act = np.tanh if activation == "tanh" else None
+        relu = activation == "relu"
         for t in _order(T, reverse):
-            yt = Y[:, t]
+            yt = Y[t]
             np.matmul(h, W_h, out=yt)
-            yt += P[:, t]
-            if act is not None:
-                act(yt, out=yt)
-            else:
+            yt += P[t]
+            if relu:
                 np.maximum(yt, 0, out=yt)
-            if mask is not None:
-                m = m_col[:, t]
-                h = np.where(m, yt, h)
-                yt *= m
+            else:
+                np.tanh(yt, out=yt)
+            if mt is not None:
+                h = np.where(mt[t], yt, h)
+                yt *= mt[t]
             else:
                 h = yt
         finals = [h.copy()]
-        cache = (cell, x, Y, h0, mask, reverse, activation) if train else None
-        return Y, finals, cache
+        cache = (cell, xt, Y, h0, mt, reverse, activation) if train else None
+        return _batch_major(Y), finals, cache
 
     if cell == "lstm":
         c0 = _zeros_state(states[1], B, H, dt)
-        C = np.empty((B, T, H), dtype=dt)  # the cell state carried after each step
-        TC = np.empty((B, T, H), dtype=dt)  # tanh(c_t), kept: tanh is the costly part
+        C = np.empty((T, B, H), dtype=dt)   # the cell state carried after each step
+        TC = np.empty((T, B, H), dtype=dt)  # tanh(c_t), kept: tanh is the costly part
         tmp = np.empty((B, 4 * H), dtype=dt)
         c = c0
         for t in _order(T, reverse):
-            a = P[:, t]
+            a = P[t]
             np.matmul(h, W_h, out=tmp)
             a += tmp
             np.tanh(a, out=a)
             sig = a[:, :3 * H]
             sig *= 0.5
             sig += 0.5
-            ct = C[:, t]
+            ct = C[t]
             np.multiply(a[:, H:2 * H], c, out=ct)
-            tc = TC[:, t]
+            tc = TC[t]
             np.multiply(a[:, :H], a[:, 3 * H:], out=tc)
             ct += tc
             np.tanh(ct, out=tc)
-            yt = Y[:, t]
+            yt = Y[t]
             np.multiply(a[:, 2 * H:3 * H], tc, out=yt)
-            if mask is not None:
-                m = m_col[:, t]
+            if mt is not None:
+                m = mt[t]
                 np.copyto(ct, c, where=~m)
                 h = np.where(m, yt, h)
                 yt *= m
@@ -167,15 +174,15 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
                 h = yt
             c = ct
         finals = [h.copy(), c.copy()]
-        cache = (cell, x, P, C, TC, Y, h0, c0, mask, reverse) if train else None
-        return Y, finals, cache
+        cache = (cell, xt, P, C, TC, Y, h0, c0, mt, reverse) if train else None
+        return _batch_major(Y), finals, cache
 
     # gru
-    R = np.empty((B, T, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
+    R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
     th = np.empty((B, H), dtype=dt)
     for t in _order(T, reverse):
-        a = P[:, t]
+        a = P[t]
         np.matmul(h, W_h, out=tmp)
         tmp += b_h
         rz = a[:, :2 * H]
@@ -183,24 +190,23 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
         np.tanh(rz, out=rz)
         rz *= 0.5
         rz += 0.5
-        R[:, t] = tmp[:, 2 * H:]
+        R[t] = tmp[:, 2 * H:]
         n = a[:, 2 * H:]
         np.multiply(a[:, :H], tmp[:, 2 * H:], out=th)
         n += th
         np.tanh(n, out=n)
-        yt = Y[:, t]
+        yt = Y[t]
         np.subtract(h, n, out=th)
         th *= a[:, H:2 * H]
         np.add(n, th, out=yt)
-        if mask is not None:
-            m = m_col[:, t]
-            h = np.where(m, yt, h)
-            yt *= m
+        if mt is not None:
+            h = np.where(mt[t], yt, h)
+            yt *= mt[t]
         else:
             h = yt
     finals = [h.copy()]
-    cache = (cell, x, P, R, Y, h0, mask, reverse) if train else None
-    return Y, finals, cache
+    cache = (cell, xt, P, R, Y, h0, mt, reverse) if train else None
+    return _batch_major(Y), finals, cache
 
 
 def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
@@ -208,55 +214,59 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
                       ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
     """Backpropagation through time for one direction.
 
-    ``dY`` is the delta of the output sequence (or None), ``d_finals`` those of the
-    final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
+    ``dY`` is the delta of the output sequence (batch, time, units) or None, ``d_finals``
+    those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
     """
     cell = cache[0]
     W_x, W_h = params[0], params[1]
-    x = cache[1]
-    B, T, F = x.shape
+    xt = cache[1]
     H = W_h.shape[0]
-    dt = x.dtype
-    W_hT = W_h.T
+    T = cache[2].shape[0]
+    B = xt.shape[0] // T
+    F = xt.shape[1]
+    dt = xt.dtype
     if cell == "rnn":
-        _, x, Y, h0, mask, reverse, activation = cache
+        _, xt, Y, h0, mt, reverse, activation = cache
     elif cell == "lstm":
-        _, x, P, C, TC, Y, h0, c0, mask, reverse = cache
+        _, xt, P, C, TC, Y, h0, c0, mt, reverse = cache
     else:
-        _, x, P, R, Y, h0, mask, reverse = cache
-    maskf = None if mask is None else mask[:, :, None].astype(dt)
-    # the output delta, without padded steps (their outputs are constant zeros)
-    if dY is None:
-        dYm = None
-    elif maskf is not None:
-        dYm = dY * maskf
-    else:
-        dYm = dY
+        _, xt, P, R, Y, h0, mt, reverse = cache
+    dYt = None if dY is None else dY.transpose(1, 0, 2)
     dh = np.zeros((B, H), dtype=dt) if d_finals[0] is None else d_finals[0].astype(dt, copy=True)
     order_t = _order(T, not reverse)  # processing order, backwards
+    pass_h = pass_c = None
 
     if cell == "rnn":
-        # dA holds the pre-activation deltas; start from the output deltas
-        dA = np.zeros((B, T, H), dtype=dt) if dYm is None else np.array(dYm, dtype=dt)
-        D = 1.0 - Y * Y if activation == "tanh" else (Y > 0).astype(dt)
+        W_hT = W_h.T
+        # dA holds the pre-activation deltas, starting from the output deltas (padded
+        # steps' outputs are constant zeros: their deltas are dropped)
+        if dYt is None:
+            dA = np.zeros((T, B, H), dtype=dt)
+        else:
+            dA = np.array(dYt, dtype=dt, order="C")
+            if mt is not None:
+                dA *= mt
+        if activation == "tanh":
+            D = np.multiply(Y, Y)
+            np.subtract(1.0, D, out=D)
+        else:
+            D = (Y > 0).astype(dt)
         for t in order_t:
-            da = dA[:, t]
-            if maskf is not None:
-                m = maskf[:, t]
-                da += dh * m
-                pass_h = dh * (1.0 - m)
-            else:
-                da += dh
-            da *= D[:, t]
+            da = dA[t]
+            if mt is not None:
+                pass_h = dh * ~mt[t]
+                dh *= mt[t]
+            da += dh
+            da *= D[t]
             np.matmul(da, W_hT, out=dh)
-            if maskf is not None:
+            if pass_h is not None:
                 dh += pass_h
         d_states = [dh]
-        Hprev = _previous_states(Y, h0, mask, reverse)
-        dA2 = dA.reshape(B * T, H)
+        Hprev = _previous_states(Y, h0, mt, reverse)
+        dA2 = dA.reshape(T * B, H)
         db = dA2.sum(axis=0)
-        grads = [x.reshape(B * T, F).T @ dA2, Hprev.reshape(B * T, H).T @ dA2, db, db.copy()]
-        dx = (dA2 @ W_x.T).reshape(B, T, F) if need_dx else None
+        grads = [xt.T @ dA2, Hprev.reshape(T * B, H).T @ dA2, db, db.copy()]
+        dx = _batch_major((dA2 @ W_x.T).reshape(T, B, F)) if need_dx else None
         return dx, d_states, grads
 
     if cell == "lstm":
@@ -266,7 +276,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         dc = np.zeros((B, H), dtype=dt) if d_finals[1] is None \
             else d_finals[1].astype(dt, copy=True)
         # d c_t gets dh * o * (1 - tanh(c_t)^2): that product for every step at once
-        O_DTC = TC * TC
+        O_DTC = np.multiply(TC, TC)
         np.subtract(1.0, O_DTC, out=O_DTC)
         O_DTC *= P[:, :, 2 * H:3 * H]
         # dA starts as each gate's activation derivative, s (1 - s) or 1 - g^2
@@ -277,22 +287,25 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         np.subtract(1.0, dA[:, :, 3 * H:], out=dA[:, :, 3 * H:])
         tmp = np.empty((B, H), dtype=dt)
         for t in order_t:
-            a = P[:, t]
-            da = dA[:, t]
-            if dYm is not None:
-                dh += dYm[:, t]
-            if maskf is not None:
-                m = maskf[:, t]
-                pass_h = dh * (1.0 - m)
-                pass_c = dc * (1.0 - m)
-                dh *= m
-                dc *= m
-            np.multiply(dh, TC[:, t], out=tmp)
+            a = P[t]
+            da = dA[t]
+            if dYt is not None:
+                if mt is not None:
+                    np.multiply(dYt[t], mt[t], out=tmp)
+                    dh += tmp
+                else:
+                    dh += dYt[t]
+            if mt is not None:
+                pass_h = dh * ~mt[t]
+                pass_c = dc * ~mt[t]
+                dh *= mt[t]
+                dc *= mt[t]
+            np.multiply(dh, TC[t], out=tmp)
             da[:, 2 * H:3 * H] *= tmp                                # d o
-            np.multiply(dh, O_DTC[:, t], out=tmp)
+            np.multiply(dh, O_DTC[t], out=tmp)
             dc += tmp                                                # d c_t
             prev = t + 1 if reverse else t - 1
-            c_prev = C[:, prev] if 0 <= prev < T else c0
+            c_prev = C[prev] if 0 <= prev < T else c0
             da[:, :H] *= dc
             da[:, :H] *= a[:, 3 * H:]                                # d i
             da[:, H:2 * H] *= dc
@@ -301,59 +314,67 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
             da[:, 3 * H:] *= a[:, :H]                                # d g
             dc *= a[:, H:2 * H]                                      # d c_{t-1}
             np.matmul(da, W_hT, out=dh)                              # d h_{t-1}
-            if maskf is not None:
+            if pass_h is not None:
                 dh += pass_h
                 dc += pass_c
         d_states = [dh, dc]
-        Hprev = _previous_states(Y, h0, mask, reverse)
-        dA2 = dA.reshape(B * T, 4 * H)
+        Hprev = _previous_states(Y, h0, mt, reverse)
+        dA2 = dA.reshape(T * B, 4 * H)
         back = np.argsort(order)  # internal columns back to PyTorch's order
         db = dA2.sum(axis=0)[back]
-        grads = [(x.reshape(B * T, F).T @ dA2)[:, back],
-                 (Hprev.reshape(B * T, H).T @ dA2)[:, back], db, db.copy()]
-        dx = (dA2 @ np.ascontiguousarray(W_x[:, order]).T).reshape(B, T, F) if need_dx \
-            else None
+        grads = [(xt.T @ dA2)[:, back], (Hprev.reshape(T * B, H).T @ dA2)[:, back],
+                 db, db.copy()]
+        dx = None
+        if need_dx:
+            W_x_internal = np.ascontiguousarray(W_x[:, order].T)
+            dx = _batch_major((dA2 @ W_x_internal).reshape(T, B, F))
         return dx, d_states, grads
 
     # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
-    Hprev = _previous_states(Y, h0, mask, reverse)
+    W_hT = W_h.T
+    Hprev = _previous_states(Y, h0, mt, reverse)
     r = P[:, :, :H]
     z = P[:, :, H:2 * H]
     n = P[:, :, 2 * H:]
-    D = P * (1.0 - P)
+    D = np.subtract(1.0, P)
+    D *= P
     np.multiply(n, n, out=D[:, :, 2 * H:])
     np.subtract(1.0, D[:, :, 2 * H:], out=D[:, :, 2 * H:])
-    one_minus_z = 1.0 - z
-    h_minus_n = Hprev - n
+    one_minus_z = np.subtract(1.0, z)
+    h_minus_n = np.subtract(Hprev, n)
     dGx = np.empty_like(P)   # deltas of the input-projection pre-activations
     dGh = np.empty_like(P)   # deltas of h @ W_h + b_h
+    tmp = np.empty((B, H), dtype=dt)
     for t in order_t:
-        if dYm is not None:
-            dh += dYm[:, t]
-        if maskf is not None:
-            m = maskf[:, t]
-            pass_h = dh * (1.0 - m)
-            dh *= m
-        gx = dGx[:, t]
-        gh = dGh[:, t]
+        if dYt is not None:
+            if mt is not None:
+                np.multiply(dYt[t], mt[t], out=tmp)
+                dh += tmp
+            else:
+                dh += dYt[t]
+        if mt is not None:
+            pass_h = dh * ~mt[t]
+            dh *= mt[t]
+        gx = dGx[t]
+        gh = dGh[t]
         dn = gx[:, 2 * H:]
-        np.multiply(dh, one_minus_z[:, t], out=dn)
-        dn *= D[:, t, 2 * H:]                                        # d n_pre
-        np.multiply(dh, h_minus_n[:, t], out=gx[:, H:2 * H])
-        gx[:, H:2 * H] *= D[:, t, H:2 * H]                            # d z_pre
-        np.multiply(dn, R[:, t], out=gx[:, :H])
-        gx[:, :H] *= D[:, t, :H]                                      # d r_pre
+        np.multiply(dh, one_minus_z[t], out=dn)
+        dn *= D[t, :, 2 * H:]                                        # d n_pre
+        np.multiply(dh, h_minus_n[t], out=gx[:, H:2 * H])
+        gx[:, H:2 * H] *= D[t, :, H:2 * H]                           # d z_pre
+        np.multiply(dn, R[t], out=gx[:, :H])
+        gx[:, :H] *= D[t, :, :H]                                     # d r_pre
         gh[:, :2 * H] = gx[:, :2 * H]
-        np.multiply(dn, r[:, t], out=gh[:, 2 * H:])
-        dh *= z[:, t]
+        np.multiply(dn, r[t], out=gh[:, 2 * H:])
+        dh *= z[t]
         dh += gh @ W_hT
-        if maskf is not None:
+        if pass_h is not None:
             dh += pass_h
-    dGx2 = dGx.reshape(B * T, 3 * H)
-    dGh2 = dGh.reshape(B * T, 3 * H)
-    grads = [x.reshape(B * T, F).T @ dGx2, Hprev.reshape(B * T, H).T @ dGh2,
+    dGx2 = dGx.reshape(T * B, 3 * H)
+    dGh2 = dGh.reshape(T * B, 3 * H)
+    grads = [xt.T @ dGx2, Hprev.reshape(T * B, H).T @ dGh2,
              dGx2.sum(axis=0), dGh2.sum(axis=0)]
-    dx = (dGx2 @ W_x.T).reshape(B, T, F) if need_dx else None
+    dx = _batch_major((dGx2 @ W_x.T).reshape(T, B, F)) if need_dx else None
     return dx, [dh], grads
 
 
