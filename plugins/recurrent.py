@@ -71,12 +71,16 @@ def _lstm_order(H: int) -> np.ndarray:
 
 def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
                      ) -> tuple[np.ndarray, ...]:
-    """Weights as the forward loop uses them: sigmoid gates' columns halved, lstm gates
-    reordered to (i, f, o, g)."""
+    """Weights as the forward loop uses them: every gate is computed from one exp,
+    sigmoid(a) = 1 / (1 + exp(-a)) and tanh(a) = 2 / (1 + exp(-2a)) - 1, so the sigmoid
+    gates' columns are negated and lstm's g columns doubled and negated; lstm gates are
+    reordered to (i, f, o, g). (numpy's exp is much faster than its tanh.)"""
     W_x, W_h, b_x, b_h = params
     n_sig = 3 * H if cell == "lstm" else 2 * H
     scale = np.ones(W_h.shape[1], dtype=W_h.dtype)
-    scale[:n_sig] = 0.5
+    scale[:n_sig] = -1.0
+    if cell == "lstm":
+        scale[n_sig:] = -2.0
     if cell == "lstm":
         order = _lstm_order(H)
         W_x, W_h, b_x, b_h = W_x[:, order], W_h[:, order], b_x[order], b_h[order]
@@ -110,17 +114,29 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
     dt = x.dtype
     h0 = _zeros_state(states[0], B, H, dt)
     if cell != "rnn":
-        # sigmoid(a) = (1 + tanh(a / 2)) / 2: the halving is folded into the weights, so
-        # one tanh call covers every gate of a step (and lstm gates go in the order
-        # i, f, o, g inside, the three sigmoid gates side by side)
+        # one exp call covers every gate of a step (see _internal_params)
         W_x, W_h, b_x, b_h = _internal_params(cell, params, H)
-    # the input projection of every step at once
-    xt = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * B, F)
-    P = (xt @ W_x).reshape(T, B, -1)
-    if cell == "gru":
-        P += b_x  # b_hn stays inside the reset gate
-    else:
-        P += b_x + b_h
+    # the input projection of every step at once, the bias included: the inputs get a
+    # column of ones (then backward's one GEMM over it also yields the bias gradient)
+    xa = np.empty((T, B, F + 1), dtype=dt)
+    xa[:, :, :F] = x.transpose(1, 0, 2)
+    xa[:, :, F] = 1.0
+    xt = xa.reshape(T * B, F + 1)
+    bias = b_x if cell == "gru" else b_x + b_h  # gru: b_hn stays inside the reset gate
+    P = (xt @ np.vstack([W_x, bias[None]])).reshape(T, B, -1)
+    with np.errstate(over="ignore"):  # exp's overflow is harmless (see above)
+        return _run_steps(cell, x, xt, P, W_h, b_h, h0, states, mask, reverse, activation,
+                          train)
+
+
+def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.ndarray,
+               b_h: np.ndarray, h0: np.ndarray, states: Sequence[np.ndarray | None],
+               mask: np.ndarray | None, reverse: bool, activation: str, train: bool
+               ) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    """The loop over time of ``sequence_forward``."""
+    B, T, _ = x.shape
+    H = W_h.shape[0]
+    dt = x.dtype
     Y = np.empty((T, B, H), dtype=dt)
     mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
     h = h0
@@ -153,10 +169,12 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
             a = P[t]
             np.matmul(h, W_h, out=tmp)
             a += tmp
-            np.tanh(a, out=a)
-            sig = a[:, :3 * H]
-            sig *= 0.5
-            sig += 0.5
+            np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
+            a += 1.0
+            np.reciprocal(a, out=a)
+            g = a[:, 3 * H:]
+            g *= 2.0
+            g -= 1.0
             ct = C[t]
             np.multiply(a[:, H:2 * H], c, out=ct)
             tc = TC[t]
@@ -187,9 +205,9 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
         tmp += b_h
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
-        np.tanh(rz, out=rz)
-        rz *= 0.5
-        rz += 0.5
+        np.exp(rz, out=rz)
+        rz += 1.0
+        np.reciprocal(rz, out=rz)
         R[t] = tmp[:, 2 * H:]
         n = a[:, 2 * H:]
         np.multiply(a[:, :H], tmp[:, 2 * H:], out=th)
@@ -223,7 +241,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     H = W_h.shape[0]
     T = cache[2].shape[0]
     B = xt.shape[0] // T
-    F = xt.shape[1]
+    F = xt.shape[1] - 1  # the last column is the ones of the bias
     dt = xt.dtype
     if cell == "rnn":
         _, xt, Y, h0, mt, reverse, activation = cache
@@ -264,8 +282,8 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         d_states = [dh]
         Hprev = _previous_states(Y, h0, mt, reverse)
         dA2 = dA.reshape(T * B, H)
-        db = dA2.sum(axis=0)
-        grads = [xt.T @ dA2, Hprev.reshape(T * B, H).T @ dA2, db, db.copy()]
+        dWx_b = xt.T @ dA2
+        grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dA2, dWx_b[F], dWx_b[F].copy()]
         dx = _batch_major((dA2 @ W_x.T).reshape(T, B, F)) if need_dx else None
         return dx, d_states, grads
 
@@ -321,9 +339,9 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         Hprev = _previous_states(Y, h0, mt, reverse)
         dA2 = dA.reshape(T * B, 4 * H)
         back = np.argsort(order)  # internal columns back to PyTorch's order
-        db = dA2.sum(axis=0)[back]
-        grads = [(xt.T @ dA2)[:, back], (Hprev.reshape(T * B, H).T @ dA2)[:, back],
-                 db, db.copy()]
+        dWx_b = (xt.T @ dA2)[:, back]
+        grads = [dWx_b[:F], (Hprev.reshape(T * B, H).T @ dA2)[:, back], dWx_b[F],
+                 dWx_b[F].copy()]
         dx = None
         if need_dx:
             W_x_internal = np.ascontiguousarray(W_x[:, order].T)
@@ -372,8 +390,8 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
             dh += pass_h
     dGx2 = dGx.reshape(T * B, 3 * H)
     dGh2 = dGh.reshape(T * B, 3 * H)
-    grads = [xt.T @ dGx2, Hprev.reshape(T * B, H).T @ dGh2,
-             dGx2.sum(axis=0), dGh2.sum(axis=0)]
+    dWx_b = xt.T @ dGx2
+    grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dGh2, dWx_b[F], dGh2.sum(axis=0)]
     dx = _batch_major((dGx2 @ W_x.T).reshape(T, B, F)) if need_dx else None
     return dx, [dh], grads
 

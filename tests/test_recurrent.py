@@ -179,12 +179,13 @@ def test_wrappers_round_trip_through_spec_and_model_file(tmp_path):
 
 
 def test_lstm_cache_is_what_backward_needs():
-    """Per step and sample: x, four gates, c, tanh(c) and h (float32), plus h0 and c0."""
+    """Per step and sample: x and a 1 for the bias, four gates, c, tanh(c) and h (float32),
+    plus h0 and c0 once."""
     B, T, F, H = 4, 5, 3, 6
     net = deltaprop.Sequential([deltaprop.create("lstm", units=H, return_sequences=True)],
                                input_shape=(T, F), seed=0)
     net.forward(np.zeros((B, T, F), dtype=np.float32), train=True)
-    assert net.cache_bytes == 4 * (B * T * (F + 4 * H + 3 * H) + 2 * B * H)
+    assert net.cache_bytes == 4 * (B * T * (F + 1 + 4 * H + 3 * H) + 2 * B * H)
 
 
 # -- bad input ------------------------------------------------------------------------
