@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import testing
 from .errors import (
     ConfigError,
     DataError,
@@ -21,15 +22,14 @@ from .errors import (
     SpecError,
     TrainingError,
 )
+from .graph import Input, Network, Sequential, Tensor, seed
 from .hookspecs import hookimpl
+from .io import load, save
 from .layer import Layer
 from .loss import Loss
 from .optimizer import Optimizer
 from .registry import create, create_loss, create_optimizer, get_registry
-from .graph import Input, Network, Sequential, Tensor, seed  # noqa: I001  (needs Layer)
 from .spec import load_spec
-from .io import load, save
-from . import testing
 
 try:
     __version__ = version("deltaprop")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ import numpy as np
 from .errors import ConfigError, DeltapropError
 
 EXIT_ERROR = 2
-PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers", "initializer": "initializers"}
+PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
+          "initializer": "initializers"}
 
 
 def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
@@ -61,12 +63,25 @@ def _positive(value: Any, what: str) -> int:
     return value
 
 
+def check_writable(path: str | None) -> None:
+    """Fail before training, not after it, when an output file cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OSError(2, "No such directory", folder)
+    if not os.access(folder, os.W_OK):
+        raise OSError(13, "Directory not writable", folder)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import describe, load_data
     from .io import atomic_write, save
     from .registry import create_loss
     from .spec import load_spec, read_spec_file
 
+    for target in (args.out, args.metrics_json):
+        check_writable(target)
     data = load_data(args.data)
     if args.spec:
         spec = read_spec_file(args.spec)
@@ -215,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = " ".join(str(exc).split())
         print(f"deltaprop: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a file the user named could not be read or written
+        if args.debug:
+            raise
+        name = f" {exc.filename!r}" if exc.filename else ""
+        print(f"deltaprop: error:{name} {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("deltaprop: interrupted", file=sys.stderr)

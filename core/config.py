@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -34,7 +34,8 @@ def _json_value(value: Any) -> Any:
 class Configurable:
     """Mixin: ``get_config`` / ``from_config`` from the constructor signature."""
 
-    name: str = ""
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "component"
     #: constructor arguments left out of the config (they are not hyper-parameters)
     _not_config: tuple[str, ...] = ("label",)
 
@@ -56,7 +57,7 @@ class Configurable:
         return construct(cls, {**config, **extra})
 
 
-def construct(cls: type, config: dict[str, Any]) -> Any:
+def construct(cls: Any, config: dict[str, Any]) -> Any:
     """Instantiate ``cls(**config)``, turning an unknown key into a ConfigError that lists
     the valid ones instead of a bare TypeError."""
     keys = cls.config_keys() if hasattr(cls, "config_keys") else []
@@ -96,7 +97,9 @@ def non_negative_int(owner: str, key: str, value: Any) -> int:
 def number(owner: str, key: str, value: Any, *, low: float | None = None,
            high: float | None = None, low_open: bool = False) -> float:
     """A real number within [low, high] (or (low, high] when ``low_open``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(
+        float(value)
+    ):
         raise ConfigError(f"{owner}: {key} must be a finite number, got {value!r}")
     value = float(value)
     if low is not None and (value < low or (low_open and value == low)):

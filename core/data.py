@@ -19,7 +19,7 @@ import numpy as np
 from .errors import DataError
 
 #: IDX type codes (the third byte of the magic number)
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+_IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
                0x0E: ">f8"}
 _IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -70,13 +70,13 @@ def fit_to_shape(x: np.ndarray, shape: tuple[int, ...], name: str = "data") -> n
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """The bundled digits, shuffled with a fixed seed and split (1437 train, 360 test)."""
-    with resources.files("deltaprop").joinpath("data/digits.npz").open("rb") as handle:
-        with np.load(handle, allow_pickle=False) as archive:
-            images, labels = archive["images"], archive["labels"]
+    bundled = resources.files("deltaprop").joinpath("data/digits.npz")
+    with bundled.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+        images, labels = archive["images"], archive["labels"]
     order = np.random.default_rng(seed).permutation(len(images))
     images = images[order].astype(np.float32) / 16.0
     labels = labels[order].astype(np.int64)
-    n_test = int(round(len(images) * test_fraction))
+    n_test = round(len(images) * test_fraction)
     return Dataset("digits", images[n_test:], labels[n_test:], images[:n_test], labels[:n_test])
 
 
@@ -102,7 +102,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if len(raw) - header != expected:
         raise DataError(f"IDX file {str(path)!r}: header declares shape {dims} "
                         f"({expected} bytes) but the file holds {len(raw) - header} bytes")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return values.astype(dtype.newbyteorder("="))
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
@@ -127,9 +128,9 @@ def load_idx_folder(folder: str | os.PathLike[str]) -> Dataset:
 
 
 def _labels(y: np.ndarray, name: str) -> np.ndarray:
-    if y.ndim == 1 and np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise DataError(f"data {name!r}: labels must be whole numbers")
+    floating = y.ndim == 1 and np.issubdtype(y.dtype, np.floating)
+    if floating and (not np.all(np.isfinite(y)) or not np.all(y == np.round(y))):
+        raise DataError(f"data {name!r}: labels must be whole numbers")
     if y.ndim == 1:
         if y.size and y.min() < 0:
             raise DataError(f"data {name!r}: label {int(y.min())} is negative")

@@ -297,7 +297,7 @@ class Network:
         self.n_slots = len(slot_of)
         self.input_slots = [slot_of[(id(t.node), 0)] for t in self.inputs]
         self.output_slots = [slot_of[(id(t.node), t.index)] for t in self.outputs]
-        self.slot_shapes = [()] * self.n_slots
+        self.slot_shapes: list[Shape] = [()] * self.n_slots
         self.slot_dtypes = [""] * self.n_slots
         for node in self.nodes:
             for t in node.outputs:

@@ -32,19 +32,23 @@ Initializer = Callable[..., np.ndarray]
 def deltaprop_register_layers() -> list[type[Layer]]:
     """Return the Layer subclasses this plugin provides; each is registered under its
     class attribute ``name``."""
+    raise NotImplementedError
 
 
 @hookspec
 def deltaprop_register_losses() -> list[type[Loss]]:
     """Return the Loss subclasses this plugin provides, registered under ``name``."""
+    raise NotImplementedError
 
 
 @hookspec
 def deltaprop_register_optimizers() -> list[type[Optimizer]]:
     """Return the Optimizer subclasses this plugin provides, registered under ``name``."""
+    raise NotImplementedError
 
 
 @hookspec
 def deltaprop_register_initializers() -> dict[str, Initializer]:
     """Return ``{name: initializer}``; an initializer is called as
     ``init(shape, fan_in=..., fan_out=..., rng=...)`` and returns an array of ``shape``."""
+    raise NotImplementedError

@@ -34,7 +34,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     on any error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:  # name the file the caller asked for, not the temporary
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -59,7 +62,7 @@ def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     try:
         with atomic_write(path) as handle:
-            np.savez(handle, **{META: blob}, **arrays)
+            np.savez(handle, **{META: blob}, **arrays)  # type: ignore[arg-type]
     except OSError as exc:
         raise ModelFileError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 

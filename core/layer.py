@@ -45,7 +45,7 @@ class Layer(Configurable):
     implement ``build``, ``forward`` and ``backward``.
     """
 
-    kind = "layer"
+    kind: ClassVar[str] = "layer"
     name: ClassVar[str] = ""
     #: Cases the conformance kit and the registry-wide gradient check run:
     #: ``{"config": {...}, "input_shapes": [shape, ...]}``.

@@ -14,7 +14,7 @@ class Loss(Configurable):
     """Base class of every loss. ``forward`` returns ``(mean loss, cache)`` and
     ``backward(cache)`` the gradient of that mean with respect to the prediction."""
 
-    kind = "loss"
+    kind: ClassVar[str] = "loss"
     name: ClassVar[str] = ""
     #: True when predictions are class scores, so accuracy is a meaningful metric.
     classification: ClassVar[bool] = False

@@ -3,7 +3,7 @@ per-parameter state that can be saved and restored (for checkpoints)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -19,7 +19,7 @@ class Optimizer(Configurable):
     parameter key to a dict of named arrays, plus the step counter ``self.t``.
     """
 
-    kind = "optimizer"
+    kind: ClassVar[str] = "optimizer"
     name: ClassVar[str] = ""
 
     def __init__(self, *, lr: float = 0.01) -> None:

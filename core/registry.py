@@ -142,7 +142,8 @@ class Registry:
         notebooks, tests and layers defined in a script."""
         self._ensure()
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-        record = PluginRecord(name, distribution, version, getattr(plugin, "__name__", repr(plugin)))
+        value = getattr(plugin, "__name__", repr(plugin))
+        record = PluginRecord(name, distribution, version, value)
         self._plugins.append(record)
         if name in self.disabled:
             record.status = "disabled"
@@ -239,7 +240,7 @@ class _Rejected(Exception):
     pass
 
 
-def _validate(kind: str, base: type | None, result: Any, hook_name: str) -> dict[str, Any]:
+def _validate(kind: str, base: Any, result: Any, hook_name: str) -> dict[str, Any]:
     if result is None:
         return {}
     if base is None:
@@ -255,11 +256,12 @@ def _validate(kind: str, base: type | None, result: Any, hook_name: str) -> dict
     for cls in result:
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise _Rejected(f"hook {hook_name} returned {cls!r}, not a {base.__name__} subclass")
-        if not isinstance(cls.name, str) or not cls.name:
+        registry_name = getattr(cls, "name", None)
+        if not isinstance(registry_name, str) or not registry_name:
             raise _Rejected(f"{cls.__qualname__} has no registry name (class attribute `name`)")
-        if cls.name in items:
-            raise _Rejected(f"hook {hook_name} returned two classes named {cls.name!r}")
-        items[cls.name] = cls
+        if registry_name in items:
+            raise _Rejected(f"hook {hook_name} returned two classes named {registry_name!r}")
+        items[registry_name] = cls
     return items
 
 

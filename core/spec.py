@@ -45,22 +45,19 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a TOML or JSON spec file into a dict (no network is built)."""
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise SpecError(f"spec file {str(path)!r}: expected a .toml or .json file")
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"spec file {str(path)!r}: cannot read it ({exc.strerror})") from None
-    suffix = path.suffix.lower()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError(f"spec file {str(path)!r}: not UTF-8 text") from None
     try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise SpecError(f"spec file {str(path)!r}: expected a .toml or .json file")
+        data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
     except json.JSONDecodeError as exc:
         raise SpecError(f"spec file {str(path)!r}: invalid JSON at line {exc.lineno}, "
                         f"column {exc.colno}: {exc.msg}") from None
@@ -121,7 +118,8 @@ class _Checked:
         if not isinstance(self.name, str):
             raise SpecError(f"{source}: name must be a string")
         self.seed = spec.get("seed")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (isinstance(self.seed, bool)
+                                      or not isinstance(self.seed, int)):
             raise SpecError(f"{source}: seed must be an integer, got {self.seed!r}")
         inputs = spec.get("inputs")
         if not isinstance(inputs, Mapping) or not inputs:
@@ -163,6 +161,7 @@ class _Checked:
             raise SpecError(f"{where}: must be a table/object")
         name = node.get("name")
         self._check_name(name, f"{where}:")
+        assert isinstance(name, str)
         where = f"{self.source}: node {name!r}"
         if ("layer" in node) == ("shares" in node):
             raise SpecError(f"{where}: give exactly one of `layer` (a registry name) or "
@@ -317,7 +316,6 @@ def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
     except DeltapropError as exc:
         raise SpecError(f"{source}: {exc}") from None
     net.train_config = checked.train
-    net.spec_dtype = checked.dtype
     return net
 
 
