@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from deltaprop import Layer, hookimpl
 from deltaprop.config import positive_int
 from deltaprop.errors import DataError, ShapeError

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+
 from deltaprop import Layer, hookimpl
 from deltaprop.bptt import carried_state
 from deltaprop.config import choice, positive_int
@@ -156,7 +157,7 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
             else:
                 h = yt
         finals = [h.copy()]
-        cache = (cell, xt, Y, h0, mt, reverse, activation) if train else None
+        cache: Any = (cell, xt, Y, h0, mt, reverse, activation) if train else None
         return _batch_major(Y), finals, cache
 
     if cell == "lstm":
@@ -762,17 +763,18 @@ class Bidirectional(Layer):
         if self.return_state:
             d_ff = list(grad_outputs[1:1 + n])
             d_fb = list(grad_outputs[1 + n:1 + 2 * n])
+        dYf: np.ndarray | None = None
+        dYb: np.ndarray | None = None
         if self.return_sequences:
             dYf, dYb = g0[..., :H], g0[..., H:]
         else:
-            dYf = dYb = None
             d_ff[0] = g0[:, :H] if d_ff[0] is None else g0[:, :H] + d_ff[0]
             d_fb[0] = g0[:, H:] if d_fb[0] is None else g0[:, H:] + d_fb[0]
         need_dx = needs_grad is None or needs_grad[0]
         dxf, dsf, gf = sequence_backward(cf, self._params("forward"), dYf, d_ff, need_dx)
         dxb, dsb, gb = sequence_backward(cb, self._params("backward"), dYb, d_fb, need_dx)
         dx = None
-        if need_dx:
+        if dxf is not None and dxb is not None:
             dx = dxf
             dx += dxb
         grad_inputs: list[Any] = [dx]

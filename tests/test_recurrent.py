@@ -3,9 +3,10 @@ BPTT, embedding, wrappers in spec files and model files, and the errors for bad 
 
 from __future__ import annotations
 
-import deltaprop
 import numpy as np
 import pytest
+
+import deltaprop
 from deltaprop.bptt import carry_states
 from deltaprop.testing import check_network_gradients, make_layer
 
