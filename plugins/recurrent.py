@@ -66,8 +66,8 @@ def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
 
 
 def _lstm_order(H: int) -> np.ndarray:
-    """Columns of PyTorch's (i, f, g, o) layout in the internal order (i, f, o, g)."""
-    return np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
+    """Columns of PyTorch's (i, f, g, o) layout in the internal order (o, i, f, g)."""
+    return np.r_[3 * H:4 * H, 0:2 * H, 2 * H:3 * H]
 
 
 def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
@@ -75,7 +75,7 @@ def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
     """Weights as the forward loop uses them: every gate is computed from one exp,
     sigmoid(a) = 1 / (1 + exp(-a)) and tanh(a) = 2 / (1 + exp(-2a)) - 1, so the sigmoid
     gates' columns are negated and lstm's g columns doubled and negated; lstm gates are
-    reordered to (i, f, o, g). (numpy's exp is much faster than its tanh.)"""
+    reordered to (o, i, f, g). (numpy's exp is much faster than its tanh.)"""
     W_x, W_h, b_x, b_h = params
     n_sig = 3 * H if cell == "lstm" else 2 * H
     scale = np.ones(W_h.shape[1], dtype=W_h.dtype)
@@ -161,29 +161,36 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
         return _batch_major(Y), finals, cache
 
     if cell == "lstm":
+        # gates in the internal order (o, i, f, g). With train, each step then turns its
+        # gates into what backward multiplies by (while they are in cache): the gate
+        # slots of P become o' tanh(c_t), i' g, f' c_{t-1} and (1 - g^2) i (s' = s (1 - s)),
+        # and f and o (1 - tanh(c_t)^2) go to their own buffers.
         c0 = _zeros_state(states[1], B, H, dt)
-        C = np.empty((T, B, H), dtype=dt)   # the cell state carried after each step
-        TC = np.empty((T, B, H), dtype=dt)  # tanh(c_t), kept: tanh is the costly part
+        cbuf = np.empty((2, B, H), dtype=dt)  # c_t, alternating between two buffers
+        tc = np.empty((B, H), dtype=dt)
         tmp = np.empty((B, 4 * H), dtype=dt)
+        if train:
+            Fg = np.empty((T, B, H), dtype=dt)
+            OD = np.empty((T, B, H), dtype=dt)
+            kg = np.empty((B, H), dtype=dt)
         c = c0
-        for t in _order(T, reverse):
+        for k, t in enumerate(_order(T, reverse)):
             a = P[t]
             np.matmul(h, W_h, out=tmp)
             a += tmp
             np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
             a += 1.0
             np.reciprocal(a, out=a)
-            g = a[:, 3 * H:]
+            o, i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             g *= 2.0
             g -= 1.0
-            ct = C[t]
-            np.multiply(a[:, H:2 * H], c, out=ct)
-            tc = TC[t]
-            np.multiply(a[:, :H], a[:, 3 * H:], out=tc)
+            ct = cbuf[k % 2]
+            np.multiply(f, c, out=ct)
+            np.multiply(i, g, out=tc)
             ct += tc
             np.tanh(ct, out=tc)
             yt = Y[t]
-            np.multiply(a[:, 2 * H:3 * H], tc, out=yt)
+            np.multiply(o, tc, out=yt)
             if mt is not None:
                 m = mt[t]
                 np.copyto(ct, c, where=~m)
@@ -191,9 +198,25 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
                 yt *= m
             else:
                 h = yt
+            if train:
+                Fg[t] = f
+                od = OD[t]
+                np.multiply(tc, tc, out=od)
+                np.subtract(1.0, od, out=od)
+                od *= o
+                np.multiply(g, g, out=kg)
+                np.subtract(1.0, kg, out=kg)
+                kg *= i
+                sig = a[:, :3 * H]
+                np.subtract(1.0, sig, out=tmp[:, :3 * H])
+                sig *= tmp[:, :3 * H]
+                o *= tc
+                i *= g
+                f *= c
+                g[...] = kg
             c = ct
         finals = [h.copy(), c.copy()]
-        cache = (cell, xt, P, C, TC, Y, h0, c0, mt, reverse) if train else None
+        cache = (cell, xt, P, Fg, OD, Y, h0, mt, reverse) if train else None
         return _batch_major(Y), finals, cache
 
     # gru
@@ -247,7 +270,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     if cell == "rnn":
         _, xt, Y, h0, mt, reverse, activation = cache
     elif cell == "lstm":
-        _, xt, P, C, TC, Y, h0, c0, mt, reverse = cache
+        _, xt, P, Fg, OD, Y, h0, mt, reverse = cache
     else:
         _, xt, P, R, Y, h0, mt, reverse = cache
     dYt = None if dY is None else dY.transpose(1, 0, 2)
@@ -289,25 +312,15 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         return dx, d_states, grads
 
     if cell == "lstm":
-        # P holds the gate activations in the internal order (i, f, o, g)
+        # P holds, per gate, what its delta is dh or dc multiplied by (see the forward)
         order = _lstm_order(H)
         W_hT = np.ascontiguousarray(W_h[:, order].T)
         dc = np.zeros((B, H), dtype=dt) if d_finals[1] is None \
             else d_finals[1].astype(dt, copy=True)
-        # d c_t gets dh * o * (1 - tanh(c_t)^2): that product for every step at once
-        O_DTC = np.multiply(TC, TC)
-        np.subtract(1.0, O_DTC, out=O_DTC)
-        O_DTC *= P[:, :, 2 * H:3 * H]
-        # dA starts as each gate's activation derivative, s (1 - s) or 1 - g^2
-        dA = np.subtract(1.0, P)
-        dA *= P
-        g = P[:, :, 3 * H:]
-        np.multiply(g, g, out=dA[:, :, 3 * H:])
-        np.subtract(1.0, dA[:, :, 3 * H:], out=dA[:, :, 3 * H:])
+        K = P.reshape(T, B, 4, H)
+        dA = np.empty((T, B, 4, H), dtype=dt)
         tmp = np.empty((B, H), dtype=dt)
         for t in order_t:
-            a = P[t]
-            da = dA[t]
             if dYt is not None:
                 if mt is not None:
                     np.multiply(dYt[t], mt[t], out=tmp)
@@ -319,20 +332,13 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
                 pass_c = dc * ~mt[t]
                 dh *= mt[t]
                 dc *= mt[t]
-            np.multiply(dh, TC[t], out=tmp)
-            da[:, 2 * H:3 * H] *= tmp                                # d o
-            np.multiply(dh, O_DTC[t], out=tmp)
+            np.multiply(dh, OD[t], out=tmp)
             dc += tmp                                                # d c_t
-            prev = t + 1 if reverse else t - 1
-            c_prev = C[prev] if 0 <= prev < T else c0
-            da[:, :H] *= dc
-            da[:, :H] *= a[:, 3 * H:]                                # d i
-            da[:, H:2 * H] *= dc
-            da[:, H:2 * H] *= c_prev                                 # d f
-            da[:, 3 * H:] *= dc
-            da[:, 3 * H:] *= a[:, :H]                                # d g
-            dc *= a[:, H:2 * H]                                      # d c_{t-1}
-            np.matmul(da, W_hT, out=dh)                              # d h_{t-1}
+            da = dA[t]
+            np.multiply(K[t, :, 0], dh, out=da[:, 0])                # d o
+            np.multiply(K[t, :, 1:], dc[:, None], out=da[:, 1:])     # d i, d f, d g
+            dc *= Fg[t]                                              # d c_{t-1}
+            np.matmul(da.reshape(B, 4 * H), W_hT, out=dh)            # d h_{t-1}
             if pass_h is not None:
                 dh += pass_h
                 dc += pass_c

@@ -180,13 +180,13 @@ def test_wrappers_round_trip_through_spec_and_model_file(tmp_path):
 
 
 def test_lstm_cache_is_what_backward_needs():
-    """Per step and sample: x and a 1 for the bias, four gates, c, tanh(c) and h (float32),
-    plus h0 and c0 once."""
+    """Per step and sample (float32): x and a 1 for the bias, the four gates' backward
+    factors, f, o (1 - tanh(c)^2) and h; plus h0 once."""
     B, T, F, H = 4, 5, 3, 6
     net = deltaprop.Sequential([deltaprop.create("lstm", units=H, return_sequences=True)],
                                input_shape=(T, F), seed=0)
     net.forward(np.zeros((B, T, F), dtype=np.float32), train=True)
-    assert net.cache_bytes == 4 * (B * T * (F + 1 + 4 * H + 3 * H) + 2 * B * H)
+    assert net.cache_bytes == 4 * (B * T * (F + 1 + 4 * H + 3 * H) + B * H)
 
 
 # -- bad input ------------------------------------------------------------------------
