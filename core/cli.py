@@ -39,7 +39,6 @@ def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
     }
 
 
-TRAIN_TABLE_KEYS = ("loss", "optimizer", "epochs", "batch_size", "seed", "validation_split")
 
 
 def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
@@ -47,7 +46,9 @@ def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     the optimizer's config (``lr``, ``momentum``...)."""
     from .registry import create_optimizer
 
-    settings = {k: v for k, v in train.items() if k not in TRAIN_TABLE_KEYS}
+    from .spec import TRAIN_KEYS
+
+    settings = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
     if lr is not None:
         settings["lr"] = lr
     name = train.get("optimizer", "adam")
@@ -138,7 +139,8 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       epochs=epochs, batch_size=batch_size, seed=seed,
                       progress=False if args.no_progress else None,
-                      detect_anomaly=args.detect_anomaly, distributed=distributed, **resumable)
+                      detect_anomaly=args.detect_anomaly, distributed=distributed,
+                      bptt=train.get("bptt"), **resumable)
     seconds = time.perf_counter() - start
     metrics = (distributed.evaluate(net, data.x_test, data.y_test, loss=loss) if distributed
                else net.evaluate(data.x_test, data.y_test, loss=loss))

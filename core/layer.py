@@ -118,8 +118,8 @@ class Layer(Configurable):
             budget[0] -= need
         init = get_initializer(initializer) if isinstance(initializer, str) else initializer
         rng = rng if rng is not None else np.random.default_rng()
-        value = np.asarray(init(tuple(shape), fan_in=fan_in, fan_out=fan_out, rng=rng),
-                           dtype=self.dtype)
+        value = np.ascontiguousarray(  # contiguous, so in-place updates reach the param
+            init(tuple(shape), fan_in=fan_in, fan_out=fan_out, rng=rng), dtype=self.dtype)
         if value.shape != tuple(shape):
             raise ShapeError(f"initializer {initializer!r} returned shape {value.shape}, "
                              f"expected {tuple(shape)}")

@@ -36,8 +36,8 @@ else:  # pragma: no cover
 
 TOP_LEVEL_KEYS = {"inputs", "outputs", "nodes", "train", "dtype", "seed", "name"}
 NODE_KEYS = {"name", "layer", "inputs", "shares"}
-TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "seed", "validation_split",
-              "bptt"}
+#: the [train] keys that are training settings; every other key configures the optimizer
+TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "seed", "bptt"}
 _REF = re.compile(r"^([^:\s]+)(?::(\d+))?$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@\-]*$")  # '@': "dense@2", a shared layer's 2nd use
 

@@ -140,7 +140,7 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
         on_epoch_end: Callable[[int, History], None] | None = None,
         checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
         checkpoint_every: int | None = None, detect_anomaly: bool = False,
-        distributed: Any = None) -> History:
+        distributed: Any = None, bptt: int | None = None) -> History:
     """Train with mini-batches; a tqdm bar shows progress (off when not a terminal or
     when ``progress=False``). Runs with the same ``seed`` are identical.
 
@@ -153,7 +153,19 @@ def fit(net: Network, x: Any, y: Any, *, loss: str | Loss = "softmax_cross_entro
 
     ``distributed`` (True or a ``deltaprop.distributed.Distributed``, under mpiexec)
     trains data-parallel over MPI; ``batch_size`` is then per rank.
+
+    ``bptt=k`` trains long sequences in chunks of k steps (see ``deltaprop.bptt``).
     """
+    if bptt is not None:
+        if checkpoint is not None or detect_anomaly or distributed:
+            raise TrainingError("bptt does not combine with checkpoint, detect_anomaly or "
+                                "distributed training yet")
+        from .bptt import fit_truncated
+
+        return fit_truncated(net, x, y, bptt=bptt, loss=loss, optimizer=optimizer,
+                             epochs=epochs, batch_size=batch_size, validation=validation,
+                             seed=seed, shuffle=shuffle, progress=progress,
+                             on_epoch_end=on_epoch_end)
     from tqdm.auto import tqdm
 
     from .anomaly import AnomalyDetector, AnomalyError, checked_train_step
