@@ -45,7 +45,6 @@ def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     """The optimizer of a ``[train]`` table: every key that is not a training setting is
     the optimizer's config (``lr``, ``momentum``...)."""
     from .registry import create_optimizer
-
     from .spec import TRAIN_KEYS
 
     settings = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
