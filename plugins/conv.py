@@ -33,11 +33,10 @@ from typing import Any
 
 import numpy as np
 import scipy.fft
-from numpy.lib.stride_tricks import as_strided
-
 from deltaprop import Layer, hookimpl
 from deltaprop.config import choice, int_tuple, positive_int
 from deltaprop.errors import ConfigError, ShapeError
+from numpy.lib.stride_tricks import as_strided
 
 Shape = tuple[int, ...]
 Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]
@@ -126,7 +125,7 @@ def make_geometry(owner: str, shape: Shape, F: int, kernel: tuple[int, int],
         pads = (padding[0], padding[0], padding[1], padding[1])
     geo = Geometry(C, H, W, F, kernel[0], kernel[1], stride[0], stride[1],
                    dilation[0], dilation[1], *pads)
-    if geo.KH > geo.Hp or geo.KW > geo.Wp:
+    if geo.Hp < geo.KH or geo.Wp < geo.KW:
         raise ShapeError(f"{owner}: kernel {kernel} (extent {(KH, KW)} with dilation "
                          f"{dilation}) is larger than the padded input {(geo.Hp, geo.Wp)} "
                          f"(input (C, H, W) = {(C, H, W)}, padding {padding!r})")
@@ -499,7 +498,7 @@ class _Pool2D(Layer):
         self.stride = (self.kernel_size if stride is None
                        else int_tuple(self.name, "stride", stride, 2))
         self.padding = int_tuple(self.name, "padding", padding, 2, allow_zero=True)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
             raise ConfigError(f"{self.name}: padding {list(self.padding)} must be at most half "
                               f"the kernel size {list(self.kernel_size)}")
 
@@ -654,7 +653,7 @@ class GlobalAvgPool2D(Layer):
 
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:
-        n, c, h, w = cache
+        h, w = cache[2:]
         (g,) = grad_outputs
         share = g * np.asarray(1.0 / (h * w), dtype=g.dtype)
         return (np.repeat(share[:, :, None, None], h * w, axis=2).reshape(cache),), {}
