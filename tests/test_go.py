@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from deltaprop.data import load_data
 from deltaprop.errors import DataError
 from deltaprop.go import (
@@ -143,7 +142,7 @@ def test_build_dataset_splits_by_game_and_loads_as_training_data(tmp_path):
 
 
 def test_build_dataset_errors(tmp_path):
-    with pytest.raises(DataError, match="no .sgf"):
+    with pytest.raises(DataError, match=r"no \.sgf"):
         build_dataset(tmp_path)
     shutil.copy(FIXTURES / "capture_9x9.sgf", tmp_path)
     with pytest.raises(DataError, match="too few"):
