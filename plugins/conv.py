@@ -556,15 +556,26 @@ class MaxPool2D(_Pool2D):
         (x,) = inputs
         geo = self._check(x)
         xp = _pad(x, geo, -np.inf)
-        best = _window(xp, geo, 0, 0).copy(order="K")
-        arg = np.zeros(best.shape, dtype=np.uint8 if geo.kh * geo.kw < 256 else np.int32)
-        for k in range(1, geo.kh * geo.kw):
-            v = _window(xp, geo, *divmod(k, geo.kw))
-            better = v > best
-            np.copyto(best, v, where=better)
-            if train:
-                np.copyto(arg, k, where=better)
-        return (best,), ((arg, x.shape, geo) if train else None)
+        windows = [_window(xp, geo, *divmod(k, geo.kw)) for k in range(geo.kh * geo.kw)]
+        if len(windows) == 1:
+            best = windows[0].copy(order="K")
+        else:
+            best = np.maximum(windows[0], windows[1])
+            for w in windows[2:]:
+                np.maximum(best, w, out=best)
+        if not train:
+            return (best,), None
+        # the offset of the first maximum of each window, by arithmetic on masks
+        # (cheaper than masked assignment on strided views)
+        arg = np.zeros(best.shape, dtype=np.uint8 if len(windows) < 256 else np.int32)
+        found = np.equal(windows[0], best)
+        for k in range(1, len(windows)):
+            hit = np.equal(windows[k], best)
+            np.logical_and(hit, np.logical_not(found), out=hit)
+            if k < len(windows) - 1:
+                np.logical_or(found, hit, out=found)
+            arg += (hit.view(np.uint8) if arg.dtype == np.uint8 else hit) * arg.dtype.type(k)
+        return (best,), (arg, x.shape, geo)
 
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:
@@ -573,14 +584,12 @@ class MaxPool2D(_Pool2D):
         n, c = shape[:2]
         dxp = _empty_like_layout(g, (n, c, geo.Hp, geo.Wp))
         disjoint = geo.sh >= geo.kh and geo.sw >= geo.kw
-        zero = np.zeros((), dtype=g.dtype)
         for k in range(geo.kh * geo.kw):
             target = _window(dxp, geo, *divmod(k, geo.kw))
-            hit = arg == k
             if disjoint:
-                np.copyto(target, g, where=hit)
+                np.multiply(g, arg == k, out=target)
             else:
-                target += np.where(hit, g, zero)
+                target += g * (arg == k)
         dx = dxp[:, :, geo.pt:geo.pt + geo.H, geo.pl:geo.pl + geo.W]
         return (dx,), {}
 

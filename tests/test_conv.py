@@ -147,12 +147,12 @@ def test_digits_cnn_spec_builds_and_learns_a_little():
 
     data = load_digits()
     net = load_spec(EXAMPLES / "digits_cnn.toml", seed=0)
-    x = data.x_train[:256].reshape(-1, 1, 8, 8)
+    x = data.x_train[:128].reshape(-1, 1, 8, 8)
     loss = deltaprop.create_loss("softmax_cross_entropy")
-    before = net.evaluate(x, data.y_train[:256], loss=loss)["loss"]
-    net.fit(x, data.y_train[:256], loss=loss, optimizer=deltaprop.create_optimizer(
+    before = net.evaluate(x, data.y_train[:128], loss=loss)["loss"]
+    net.fit(x, data.y_train[:128], loss=loss, optimizer=deltaprop.create_optimizer(
         "adam", lr=0.002), epochs=2, batch_size=32, progress=False)
-    assert net.evaluate(x, data.y_train[:256], loss=loss)["loss"] < before * 0.7
+    assert net.evaluate(x, data.y_train[:128], loss=loss)["loss"] < before * 0.7
 
 
 @pytest.mark.parametrize("name", ["fashion_cnn.toml", "go9_cnn.toml"])
