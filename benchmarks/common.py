@@ -9,25 +9,38 @@ from typing import Any
 
 import numpy as np
 
+#: the clock every suite times with; ``python -m benchmarks --clock cpu`` switches to this
+#: process's CPU time, which time slices lost to other processes on a shared machine do
+#: not inflate (meaningful with one BLAS thread, see ``--threads``)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+clock: Callable[[], float] = time.perf_counter
+
 
 def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: int = 20,
                         warmup: int = 3, min_seconds: float = 0.0) -> dict[str, float]:
-    """Median milliseconds per call of each candidate, run in turn (A B C A B C ...)
-    so that a slow patch of the machine hits every candidate alike."""
+    """Median milliseconds per call of each candidate, run in turn (A B C, C A B, ...)
+    so that a slow patch of the machine hits every candidate alike. The order is
+    shuffled every round (seeded): a candidate that pollutes the caches (PyTorch's
+    step does) then slows a different successor each time, not always the same one."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     start = time.perf_counter()
+    now = clock
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    names = list(candidates)
+    order = np.random.default_rng(0)
     try:
         rounds = 0
         while rounds < repeats or time.perf_counter() - start < min_seconds:
-            for name, fn in candidates.items():
-                t0 = time.perf_counter()
+            for i in order.permutation(len(names)):
+                name = names[i]
+                fn = candidates[name]
+                t0 = now()
                 fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
+                samples[name].append((now() - t0) * 1e3)
             rounds += 1
     finally:
         if gc_was_enabled:

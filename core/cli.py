@@ -40,15 +40,15 @@ def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
     }
 
 
-TRAIN_TABLE_KEYS = ("loss", "optimizer", "epochs", "batch_size", "seed", "validation_split")
 
 
 def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     """The optimizer of a ``[train]`` table: every key that is not a training setting is
     the optimizer's config (``lr``, ``momentum``...)."""
     from .registry import create_optimizer
+    from .spec import TRAIN_KEYS
 
-    settings = {k: v for k, v in train.items() if k not in TRAIN_TABLE_KEYS}
+    settings = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
     if lr is not None:
         settings["lr"] = lr
     name = train.get("optimizer", "adam")
@@ -64,25 +64,38 @@ def _positive(value: Any, what: str) -> int:
     return value
 
 
-def check_writable(path: str | None) -> None:
-    """Fail before training, not after it, when an output file cannot be written."""
-    if path is None:
+def check_writable(path: str | None, option: str) -> None:
+    """Refuse an output path whose folder is missing before training spends any time."""
+    if not path:
         return
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise OSError(2, "No such directory", folder)
+        raise ConfigError(f"{option} {path!r}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"{option} {path!r} is a folder, not a file")
     if not os.access(folder, os.W_OK):
-        raise OSError(13, "Directory not writable", folder)
+        raise ConfigError(f"{option} {path!r}: folder {folder!r} is not writable")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.distributed:  # every rank runs the same command; see deltaprop.distributed
+        from .distributed import run_on_ranks
+
+        return run_on_ranks(_train, args, timeout=args.mpi_timeout)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     from .data import describe, load_data
     from .io import atomic_write, save
     from .registry import create_loss
     from .spec import load_spec, read_spec_file
+    from .train import check_data
 
-    for target in (args.out, args.metrics_json):
-        check_writable(target)
+    if args.resume and not args.checkpoint:
+        raise ConfigError("--resume needs --checkpoint DIR (where the checkpoint is)")
+    for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json")):
+        check_writable(path, option)
     data = load_data(args.data)
     if args.spec:
         spec = read_spec_file(args.spec)
@@ -96,28 +109,55 @@ def cmd_train(args: argparse.Namespace) -> int:
                        "epochs")
     batch_size = _positive(args.batch_size if args.batch_size is not None
                            else train.get("batch_size", 32), "batch_size")
-    loss = create_loss(train.get("loss", "softmax_cross_entropy"))
-    optimizer = build_optimizer(train, args.lr)
+    try:
+        loss = create_loss(train.get("loss", "softmax_cross_entropy"))
+        optimizer = build_optimizer(train, args.lr)
+    except DeltapropError as exc:
+        source = f"spec file {args.spec!r}" if args.spec else "the default network"
+        raise ConfigError(f"{source}: [train] table: {exc}".replace(
+            "[train] table: [train] table:", "[train] table:")) from None
+    check_data(net, [data.x_test], data.y_test, loss, f"test data of {data.name!r}")
+    net.configure(fuse=not args.no_fuse, recompute=args.recompute)
     print(describe(data))
     print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
           f"{optimizer.name} lr={optimizer.lr}, {epochs} epochs, batch {batch_size}")
+    memory = None
+    if args.memory_report:
+        memory = net.memory_report(batch=batch_size)
+        print(memory)
     start = time.perf_counter()
+    resumable: dict[str, Any] = {}
+    if args.checkpoint:
+        from .checkpoint import checkpoint_path
+
+        resumable = {"checkpoint": args.checkpoint, "resume": args.resume,
+                     "checkpoint_every": args.checkpoint_every}
+        if args.resume and not checkpoint_path(args.checkpoint).is_file():
+            print(f"no checkpoint in {args.checkpoint!r} yet; starting from the beginning")
+        elif args.resume:
+            print(f"resuming from {str(checkpoint_path(args.checkpoint))!r}")
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       epochs=epochs, batch_size=batch_size, seed=seed,
-                      progress=False if args.no_progress else None)
+                      progress=False if args.no_progress else None,
+                      detect_anomaly=args.detect_anomaly, distributed=distributed,
+                      bptt=train.get("bptt"), **resumable)
     seconds = time.perf_counter() - start
-    metrics = net.evaluate(data.x_test, data.y_test, loss=loss)
+    metrics = (distributed.evaluate(net, data.x_test, data.y_test, loss=loss) if distributed
+               else net.evaluate(data.x_test, data.y_test, loss=loss))
     final_loss = history.loss[-1] if history.loss else float("nan")
     print(f"trained in {seconds:.1f} s; final train loss {final_loss:.4f}")
     if "accuracy" in metrics:
         print(f"test accuracy: {metrics['accuracy']:.4f}")
     print(f"test loss: {metrics['loss']:.4f}")
-    if args.out:
+    writer = distributed is None or distributed.is_root
+    if args.out and writer:
         save(net, args.out)
         print(f"saved {args.out}")
-    if args.metrics_json:
+    if args.metrics_json and writer:
         report = {"test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
                   "final_train_loss": final_loss, "epochs": epochs, "seconds": seconds}
+        if memory is not None:
+            report["memory"] = memory.as_dict()
         with atomic_write(args.metrics_json) as handle:
             handle.write(json.dumps(report, indent=2).encode())
     return 0
@@ -210,6 +250,26 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="save the trained model to this .npz")
     train.add_argument("--metrics-json", help="write the final metrics to this JSON file")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--memory-report", action="store_true",
+                       help="list per node the bytes cached for backward and why, and the peak")
+    train.add_argument("--no-fuse", action="store_true",
+                       help="run the user graph as written (no fusion passes)")
+    train.add_argument("--recompute", action="store_true",
+                       help="keep only segment boundaries; recompute the rest in backward")
+    train.add_argument("--checkpoint", metavar="DIR",
+                       help="save the training state here every epoch and on SIGINT/SIGTERM")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --checkpoint DIR")
+    train.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="also save the checkpoint every N batches")
+    train.add_argument("--detect-anomaly", action="store_true",
+                       help="name the first node whose output or gradient became non-finite")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI: run as mpiexec -n N deltaprop train ... "
+                            "--distributed (--batch-size is then per rank)")
+    train.add_argument("--mpi-timeout", type=float, metavar="SECONDS",
+                       help="with --distributed: stop with an error when another rank does not "
+                            "join a collective within this time (default 300)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on test data")
@@ -265,6 +325,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.debug:
             raise
         message = " ".join(str(exc).split())
+        signum = getattr(exc, "signum", None)
+        if signum is not None:  # stopped by SIGINT/SIGTERM after saving: 128 + signal
+            print(f"deltaprop: {message}", file=sys.stderr)
+            return 128 + int(signum)
         print(f"deltaprop: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:  # a file the user named could not be read or written

@@ -11,8 +11,10 @@ import contextlib
 import io
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -69,6 +71,17 @@ def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
 
 def save(net: Any, path: str | os.PathLike[str]) -> None:
     """Write the network's spec and weights to ``path`` (a ``.npz``), atomically."""
+    write_npz(path, model_meta(net), model_arrays(net))
+
+
+def model_arrays(net: Any) -> dict[str, np.ndarray]:
+    """The weights of ``net`` under their member names in a model file."""
+    return {PARAM_PREFIX + k: v for k, v in net.params.items()}
+
+
+def model_meta(net: Any) -> dict[str, Any]:
+    """The metadata of a model file: spec, parameter list, and who provided each layer
+    (so a missing plugin can be named on load). Checkpoints extend it."""
     from .registry import get_registry
 
     registry = get_registry()
@@ -78,9 +91,8 @@ def save(net: Any, path: str | os.PathLike[str]) -> None:
             p = registry.provider("layer", layer.name)
             providers[layer.name] = {"plugin": p.plugin, "distribution": p.distribution,
                                      "version": p.version}
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "spec": net.to_spec(),
+    return {"format": FORMAT, "version": FORMAT_VERSION, "spec": net.to_spec(),
             "providers": providers, "params": list(net.params)}
-    write_npz(path, meta, {PARAM_PREFIX + k: v for k, v in net.params.items()})
 
 
 class NpzReader:
@@ -169,7 +181,9 @@ def guarded(where: str, action: Callable[[], Any]) -> Any:
     except DeltapropError:
         raise
     except (ValueError, TypeError, KeyError, EOFError, OSError, zipfile.BadZipFile,
-            RecursionError, MemoryError, OverflowError, IndexError, AttributeError) as exc:
+            RecursionError, MemoryError, OverflowError, IndexError, AttributeError,
+            NotImplementedError, RuntimeError, zlib.error, struct.error) as exc:
+        # NotImplementedError: an unsupported zip compression; RuntimeError: encrypted
         raise ModelFileError(f"{where}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
@@ -215,8 +229,11 @@ def _load(path: str | os.PathLike[str]) -> Any:
         for key in keys:
             layer, pname = by_key[key]
             current = layer.params[pname]
-            layer.params[pname] = reader.read(PARAM_PREFIX + key, shape=current.shape,
-                                              dtype=current.dtype)
+            value = reader.read(PARAM_PREFIX + key, shape=current.shape, dtype=current.dtype)
+            if not np.isfinite(value).all():
+                raise ModelFileError(f"{where}: parameter {key!r} holds NaN or infinite "
+                                     f"values")
+            layer.params[pname] = value
         return net
 
 

@@ -53,11 +53,20 @@ class Layer(Configurable):
     #: How many inputs the layer takes: an int, or None for "one or more".
     n_inputs: ClassVar[int | None] = 1
     #: True for layers whose output is ``f(input)`` element by element (fusion, in-place).
+    #: An element-wise layer whose derivative is written from its output also defines
+    #: ``backward_from_output(y, g) -> delta of the input``: the fusion pass then merges it
+    #: into the layer before it (see ``deltaprop.passes``).
     elementwise: ClassVar[bool] = False
     #: Entries of ``params`` that are state, not weights (batch-norm running statistics):
     #: saved and loaded with the weights, updated by the layer itself, never given a
     #: gradient nor touched by an optimizer.
     non_trainable: ClassVar[tuple[str, ...]] = ()
+    #: True when ``forward_in_place`` may overwrite its single input; the executor calls
+    #: it only after proving that nobody else holds that array (``deltaprop.memory``).
+    can_work_in_place: ClassVar[bool] = False
+    #: False for layers whose training forward draws random numbers or updates state
+    #: (dropout, batch statistics): recomputation then keeps their caches instead.
+    recomputable: ClassVar[bool] = True
 
     def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
         self.dtype = check_dtype(f"layer {self.name!r}", dtype)
@@ -113,8 +122,8 @@ class Layer(Configurable):
             budget[0] -= need
         init = get_initializer(initializer) if isinstance(initializer, str) else initializer
         rng = rng if rng is not None else np.random.default_rng()
-        value = np.asarray(init(tuple(shape), fan_in=fan_in, fan_out=fan_out, rng=rng),
-                           dtype=self.dtype)
+        value = np.ascontiguousarray(  # contiguous, so in-place updates reach the param
+            init(tuple(shape), fan_in=fan_in, fan_out=fan_out, rng=rng), dtype=self.dtype)
         if value.shape != tuple(shape):
             raise ShapeError(f"initializer {initializer!r} returned shape {value.shape}, "
                              f"expected {tuple(shape)}")
@@ -135,6 +144,18 @@ class Layer(Configurable):
         so a layer may return None there and skip the work.
         """
         raise NotImplementedError(f"layer {self.name!r} does not implement backward")
+
+    def forward_in_place(self, inputs: Arrays, *, train: bool) -> tuple[Arrays, Any]:
+        """Like ``forward``, but may write the output into ``inputs[0]`` (only called on
+        layers with ``can_work_in_place`` and arrays nobody else holds)."""
+        return self.forward(inputs, train=train)
+
+    def fused_with(self, activation: Layer) -> Layer | None:
+        """The fused form of this layer followed by the element-wise ``activation``, or
+        None to refuse fusion. The default, generic form runs the two in one node."""
+        from .passes import FusedActivation
+
+        return FusedActivation(self, activation)
 
     # -- for the conformance kit -----------------------------------------------------
     @classmethod

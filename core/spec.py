@@ -36,10 +36,10 @@ else:  # pragma: no cover
 
 TOP_LEVEL_KEYS = {"inputs", "outputs", "nodes", "train", "dtype", "seed", "name"}
 NODE_KEYS = {"name", "layer", "inputs", "shares"}
-TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "seed", "validation_split",
-              "bptt"}
+#: the [train] keys that are training settings; every other key configures the optimizer
+TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "seed", "bptt"}
 _REF = re.compile(r"^([^:\s]+)(?::(\d+))?$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@\-]*$")  # '@': "dense@2", a shared layer's 2nd use
 
 
 def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -92,10 +92,11 @@ def _shape(value: Any, where: str) -> tuple[tuple[int, ...], str | None]:
         value = value["shape"]
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, list) or not value or not all(
+    # [] is one number per sample (sequence lengths, class ids): it must round-trip too
+    if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value
     ):
-        raise SpecError(f"{where}: shape must be a non-empty list of positive integers, "
+        raise SpecError(f"{where}: shape must be a list of positive integers, "
                         f"got {value!r}")
     return tuple(value), dtype
 
@@ -151,7 +152,7 @@ class _Checked:
     def _check_name(self, name: Any, what: str) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise SpecError(f"{what} name {name!r} must start with a letter or _ and use "
-                            f"letters, digits, _ . -")
+                            f"letters, digits, _ . - @")
         if name in getattr(self, "inputs", {}) or name in getattr(self, "nodes", {}):
             raise SpecError(f"{what} name {name!r} is used twice")
 
@@ -310,6 +311,9 @@ def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
                 tensors[name] = layer(*args, name=name)
             except DeltapropError as exc:
                 raise type(exc)(f"{source}: {exc}") from None
+            except (MemoryError, OverflowError, ValueError) as exc:  # e.g. units = 10**12
+                raise SpecError(f"{where} ({layer.name}): cannot build it for input shapes "
+                                f"{[list(a.shape) for a in args]}: {exc}") from None
         outputs = [resolve(r, f"{source}: outputs") for r in checked.outputs]
     try:
         net = Network(net_inputs, outputs, name=checked.name)

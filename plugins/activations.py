@@ -35,6 +35,15 @@ class Activation(Layer):
         y = self.activate(inputs[0])
         return (y,), (y if train else None)
 
+    def activate_into(self, x: np.ndarray) -> np.ndarray:
+        """``activate`` writing into ``x`` (the executor proved nobody else holds it)."""
+        raise NotImplementedError
+
+    def forward_in_place(self, inputs: tuple[np.ndarray, ...], *, train: bool
+                         ) -> tuple[Any, Any]:
+        y = self.activate_into(inputs[0])
+        return (y,), (y if train else None)
+
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         return (self.backward_from_output(cache, grad_outputs[0]),), {}
@@ -45,8 +54,13 @@ class Sigmoid(Activation):
 
     name = "sigmoid"
 
+    can_work_in_place = True
+
     def activate(self, x: np.ndarray) -> np.ndarray:
         return expit(x)
+
+    def activate_into(self, x: np.ndarray) -> np.ndarray:
+        return expit(x, out=x)
 
     def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
         return g * y * (1 - y)
@@ -57,8 +71,13 @@ class Tanh(Activation):
 
     name = "tanh"
 
+    can_work_in_place = True
+
     def activate(self, x: np.ndarray) -> np.ndarray:
         return np.tanh(x)
+
+    def activate_into(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x, out=x)
 
     def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
         return g * (1 - y * y)
@@ -69,8 +88,13 @@ class ReLU(Activation):
 
     name = "relu"
 
+    can_work_in_place = True
+
     def activate(self, x: np.ndarray) -> np.ndarray:
         return np.maximum(x, 0)
+
+    def activate_into(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, x.dtype.type(0), out=x)
 
     def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
         return g * (y > 0)

@@ -44,6 +44,7 @@ class BatchNorm(Layer):
     """
 
     name = "batch_norm"
+    recomputable = False  # a training forward moves the running statistics
     non_trainable = ("running_mean", "running_var")
     examples = [{"config": {}, "input_shapes": [(4,)]},
                 {"config": {"momentum": 0.5}, "input_shapes": [(2, 3)]},

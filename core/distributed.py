@@ -1,0 +1,498 @@
+"""Data-parallel training over MPI, the Horovod model.
+
+Every rank holds the whole network. Rank 0's initial weights and optimizer state are
+broadcast to the others; each epoch every rank draws the same seeded permutation, cuts
+each global batch into one disjoint shard per rank, computes its shard's gradients,
+and one fused allreduce over a flat buffer of all gradients (plus the loss and the
+sample count, so uneven last batches weigh right) gives every rank the same averaged
+gradient. The optimizer then takes the same step everywhere, so the replicas never
+drift apart. Only rank 0 writes (progress, files).
+
+Every collective is non-blocking and polled against a deadline: a rank that dies or
+stalls makes the others raise :class:`DistributedError` naming the collective and the
+step, instead of waiting forever.
+
+    mpiexec -n 4 deltaprop train spec.toml --distributed
+    net.fit(x, y, distributed=Distributed())        # from Python, under mpiexec
+
+mpi4py is optional (``pip install 'deltaprop[mpi]'``); it is imported only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import DataError, TrainingError
+from .optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .graph import Network
+    from .loss import Loss
+
+#: seconds a collective may wait for the other ranks before giving up
+DEFAULT_TIMEOUT = float(os.environ.get("DELTAPROP_MPI_TIMEOUT", "300"))
+
+
+class DistributedError(TrainingError):
+    """A collective failed or timed out: another rank died, stalled, or disagrees."""
+
+
+def mpi_available() -> bool:
+    """True when mpi4py imports (and so an MPI library was found)."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _mpi() -> Any:
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise DistributedError("distributed training needs mpi4py and an MPI library: "
+                               "pip install 'deltaprop[mpi]' (mpi4py and the mpich wheel), "
+                               f"then run under mpiexec ({exc})") from None
+    return MPI
+
+
+class Distributed:
+    """One process's view of an MPI job: rank, size, and timed collectives.
+
+    ``timeout`` bounds every collective in seconds. With ``abort_on_uncaught`` (the
+    default) an exception that nobody catches on any rank (a timeout included) ends the
+    whole job with MPI_Abort after its traceback is printed: the other ranks would
+    otherwise wait, and a rank stuck outside MPI would keep the job alive for ever.
+    ``stats`` counts the calls, the
+    seconds spent inside them (waiting for slower ranks included), the bytes reduced,
+    and the seconds of local forward and backward in ``train_step``.
+    """
+
+    def __init__(self, comm: Any = None, *, timeout: float | None = None,
+                 abort_on_uncaught: bool = True) -> None:
+        MPI = _mpi()
+        self._MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank: int = self.comm.Get_rank()
+        self.size: int = self.comm.Get_size()
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        if not self.timeout > 0:
+            raise DataError(f"MPI timeout must be positive seconds, got {timeout!r}")
+        self.stats = {"allreduce_calls": 0, "allreduce_seconds": 0.0, "allreduce_bytes": 0,
+                      "broadcast_calls": 0, "compute_seconds": 0.0}
+        if abort_on_uncaught and self.size > 1:
+            _abort_on_uncaught(self.comm)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        return f"<Distributed rank {self.rank} of {self.size}, timeout {self.timeout:g} s>"
+
+    # -- timed collectives ------------------------------------------------------------------
+    def wait(self, request: Any, what: str, spin: float = 0.005, nap: float = 1e-3) -> None:
+        """Complete ``request`` or raise once the deadline passes. Polls for ``spin``
+        seconds yielding the core between tests (a step's allreduce usually lands by
+        then), then sleeps ``nap`` seconds between tests until the deadline."""
+        MPI = self._MPI
+        start = time.monotonic()
+        deadline = start + self.timeout
+        try:
+            while not request.Test():
+                now = time.monotonic()
+                if now > deadline:
+                    raise DistributedError(
+                        f"rank {self.rank} of {self.size}: {what} did not complete within "
+                        f"{self.timeout:g} s; another rank has died or stalled (see its "
+                        f"output above), so this rank stops instead of waiting forever")
+                if now - start < spin:
+                    os.sched_yield()
+                else:
+                    time.sleep(nap)
+        except MPI.Exception as exc:
+            raise DistributedError(f"rank {self.rank} of {self.size}: {what} failed in MPI: "
+                                   f"{exc}") from None
+
+    def allreduce_sum(self, buffer: np.ndarray, what: str = "allreduce") -> np.ndarray:
+        """Sum ``buffer`` over all ranks, in place."""
+        start = time.perf_counter()
+        if self.size > 1:
+            self.wait(self.comm.Iallreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM), what)
+        self.stats["allreduce_calls"] += 1
+        self.stats["allreduce_seconds"] += time.perf_counter() - start
+        self.stats["allreduce_bytes"] += buffer.nbytes
+        return buffer
+
+    def allreduce_max(self, buffer: np.ndarray, what: str = "allreduce") -> np.ndarray:
+        if self.size > 1:
+            self.wait(self.comm.Iallreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.MAX), what)
+        return buffer
+
+    def broadcast(self, buffer: np.ndarray, what: str = "broadcast") -> np.ndarray:
+        """Rank 0's ``buffer`` everywhere, in place."""
+        self.stats["broadcast_calls"] += 1
+        if self.size > 1:
+            self.wait(self.comm.Ibcast(buffer, root=0), what)
+        return buffer
+
+    def broadcast_object(self, obj: Any, what: str = "broadcast") -> Any:
+        """Rank 0's ``obj`` (pickled; only ever from rank 0 of the same job) everywhere."""
+        if self.size == 1:
+            return obj
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.is_root else b""
+        length = self.broadcast(np.array([len(payload)], dtype=np.int64), f"{what} (size)")
+        data = (np.frombuffer(payload, dtype=np.uint8).copy() if self.is_root
+                else np.empty(int(length[0]), dtype=np.uint8))
+        self.broadcast(data, what)
+        return obj if self.is_root else pickle.loads(data.tobytes())
+
+    def agree(self, ok: bool, what: str) -> None:
+        """Raise on every rank when any rank says not ``ok`` (so none is left waiting)."""
+        failed = self.allreduce_max(np.array([0.0 if ok else 1.0]), f"{what} (agreement)")
+        if failed[0]:
+            raise DistributedError(f"rank {self.rank} of {self.size}: {what}: the ranks "
+                                   f"disagree; every rank must run the same network, data "
+                                   f"and settings")
+
+    def abort(self, code: int = 2) -> None:
+        """End every rank of the job now (MPI_Abort)."""
+        self.comm.Abort(code)
+
+    # -- replicas ---------------------------------------------------------------------------
+    def broadcast_parameters(self, params: dict[str, np.ndarray]) -> None:
+        """Overwrite every rank's parameters with rank 0's, through one flat buffer."""
+        if self.size == 1 or not params:
+            return
+        layout = FlatLayout(params)
+        flat = layout.pack(params)
+        self.broadcast(flat, "broadcast of the initial weights")
+        for key, view in layout.views(flat).items():
+            params[key][...] = view
+
+    def weights_in_sync(self, params: dict[str, np.ndarray]) -> bool:
+        """True when every rank holds bit-identical parameters (a cheap checksum test)."""
+        digest = np.array([_checksum(params)], dtype=np.float64)
+        both = self.allreduce_max(np.array([digest[0], -digest[0]]), "weight checksum")
+        return bool(both[0] == -both[1])
+
+    # -- training ---------------------------------------------------------------------------
+    def prepare_fit(self, net: Network, optimizer: Optimizer, *, batch_size: int,
+                    seed: int | None, progress: bool | None, n_samples: int
+                    ) -> tuple[DistributedOptimizer, int, int, bool | None]:
+        """Called by ``fit`` before the first epoch: checks that every rank runs the same
+        thing, picks one seed, makes the replicas identical, and wraps the optimizer.
+        Returns ``(optimizer, global batch size, seed, progress)``."""
+        params = net.params
+        mine = {"n_samples": n_samples, "batch_size": batch_size,
+                "layout": [(k, a.shape, str(a.dtype)) for k, a in params.items()]}
+        root = self.broadcast_object({**mine, "seed": seed if seed is not None
+                                      else secrets.randbits(63)}, "broadcast of the settings")
+        self.agree(all(root[k] == mine[k] for k in mine),
+                   f"training settings (samples {n_samples}, batch {batch_size}, "
+                   f"{len(params)} parameter arrays)")
+        self.broadcast_parameters(params)
+        dopt = (optimizer if isinstance(optimizer, DistributedOptimizer)
+                else DistributedOptimizer(optimizer, self))
+        dopt.load_state_dict(self.broadcast_object(dopt.state_dict(),
+                                                   "broadcast of the optimizer state"))
+        return dopt, batch_size * self.size, root["seed"], progress if self.is_root else False
+
+    def shard(self, idx: np.ndarray) -> np.ndarray:
+        """This rank's contiguous part of a global batch (sizes differ by at most one)."""
+        bounds = np.linspace(0, len(idx), self.size + 1).round().astype(int)
+        return idx[bounds[self.rank]:bounds[self.rank + 1]]
+
+    def train_step(self, net: Network, xs: Sequence[np.ndarray], y: np.ndarray,
+                   idx: np.ndarray, *, loss: Loss, optimizer: DistributedOptimizer,
+                   stop: Any = None) -> float:
+        """One step on the global batch ``idx``: this rank's shard forward and backward,
+        the fused allreduce, the same update on every rank. Returns the global mean loss.
+
+        ``stop`` (an object with a ``signum`` attribute, set by a signal handler) rides in
+        the same allreduce: when any rank was asked to stop, every rank's ``stop.signum``
+        is set after the step, so all of them stop at the same batch boundary."""
+        start = time.perf_counter()
+        mine = self.shard(idx)
+        grads = None
+        loss_sum = 0.0
+        if len(mine):
+            (prediction,) = net.forward([a[mine] for a in xs], train=True)
+            value, cache = loss.forward(prediction, y[mine])
+            net.backward([loss.backward(cache)], input_grads=False)
+            grads, loss_sum = net.grads, float(value) * len(mine)
+        self.stats["compute_seconds"] += time.perf_counter() - start
+        signum = getattr(stop, "signum", None) if stop is not None else None
+        loss_total, stopping, signum_total, samples = optimizer.step(
+            net.params, grads, weight=len(mine),
+            extras=(loss_sum, 1.0 if signum else 0.0, float(signum or 0)))
+        if stopping and stop is not None and not signum:
+            stop.signum = round(signum_total / stopping)
+        return float(loss_total / samples)
+
+    def evaluate(self, net: Network, x: Any, y: Any, *, loss: Loss,
+                 batch_size: int = 256) -> dict[str, float]:
+        """``deltaprop.train.evaluate`` with the data split over the ranks and the sums
+        reduced, so every rank gets the metrics of the whole set."""
+        from .train import as_input_list, check_data, predict
+
+        xs = as_input_list(net, x)
+        y = check_data(net, xs, y, loss, "evaluation data")
+        assert y is not None
+        mine = self.shard(np.arange(len(y)))
+        sums = np.zeros(3)
+        for start in range(0, len(mine), batch_size):
+            part = mine[start:start + batch_size]
+            prediction = predict(net, [a[part] for a in xs], batch_size=batch_size)
+            value, _ = loss.forward(prediction, y[part])
+            labels = y[part] if y.ndim == 1 else y[part].argmax(axis=-1)
+            sums += (float(value) * len(part),
+                     float(np.sum(prediction.argmax(axis=-1) == labels)), len(part))
+        self.allreduce_sum(sums, "allreduce of the evaluation metrics")
+        metrics = {"loss": float(sums[0] / max(sums[2], 1))}
+        if loss.classification:
+            metrics["accuracy"] = float(sums[1] / max(sums[2], 1))
+        return metrics
+
+    def root_only(self, checkpointer: Any) -> RootOnlyWriter:
+        """A checkpoint writer whose saves happen on rank 0 alone (see RootOnlyWriter)."""
+        return RootOnlyWriter(checkpointer, self)
+
+    # -- process plumbing -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def root_output_only(self) -> Iterator[None]:
+        """Silence stdout on every rank but 0 (errors still go to stderr)."""
+        if self.is_root:
+            yield
+            return
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+
+    @contextlib.contextmanager
+    def abort_on_error(self, code: int = 2) -> Iterator[None]:
+        """When this rank fails, say why on stderr and end the whole job, rather than
+        leave the other ranks waiting in a collective until their timeout."""
+        try:
+            yield
+        except BaseException as exc:
+            if (self.size == 1 or (isinstance(exc, SystemExit) and not exc.code)
+                    or getattr(exc, "signum", None) is not None):
+                raise  # a stop request every rank agreed on (see train_step): no abort
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if not message.startswith("rank "):
+                message = f"rank {self.rank} of {self.size}: {message}"
+            print(f"deltaprop: error: {message}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            time.sleep(0.5)  # let the launcher forward the message before it kills the job
+            self.abort(code)
+            os._exit(code)  # MPI_Abort may return before the launcher kills this process
+
+
+_HOOKED: set[int] = set()
+
+
+def _abort_on_uncaught(comm: Any) -> None:
+    """Chain a ``sys.excepthook`` that aborts ``comm`` after the usual traceback."""
+    if id(comm) in _HOOKED:
+        return
+    _HOOKED.add(id(comm))
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        previous(kind, value, tb)
+        if issubclass(kind, KeyboardInterrupt | SystemExit):
+            return
+        sys.stderr.flush()
+        sys.stdout.flush()
+        time.sleep(0.5)  # let the launcher forward the traceback before it kills the job
+        comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+def _checksum(params: dict[str, np.ndarray]) -> float:
+    total = 0.0
+    for k, a in enumerate(params.values()):
+        total += float(np.sum(a, dtype=np.float64)) * (k + 1)
+        total += float(np.sum(np.abs(a), dtype=np.float64)) / (k + 2)
+    return total
+
+
+class FlatLayout:
+    """Where each named array lives in one flat buffer (same order on every rank)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], extra: int = 0) -> None:
+        self.keys = list(arrays)
+        self.shapes = [arrays[k].shape for k in self.keys]
+        self.dtypes = [arrays[k].dtype for k in self.keys]
+        self.dtype = np.result_type(*self.dtypes) if self.dtypes else np.dtype(np.float64)
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.n = int(self.offsets[-1])
+        self.extra = extra
+
+    def empty(self) -> np.ndarray:
+        return np.empty(self.n + self.extra, dtype=self.dtype)
+
+    def pack(self, arrays: dict[str, np.ndarray] | None, scale: float = 1.0,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """``arrays`` times ``scale`` into one buffer (zeros when ``arrays`` is None)."""
+        flat = self.empty() if out is None else out
+        if arrays is None:
+            flat[:self.n] = 0
+            return flat
+        for k, key in enumerate(self.keys):
+            a, b = self.offsets[k], self.offsets[k + 1]
+            src = np.asarray(arrays[key]).reshape(-1)
+            if scale == 1.0:
+                flat[a:b] = src
+            else:
+                np.multiply(src, scale, out=flat[a:b], casting="unsafe")
+        return flat
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Arrays shaped like the originals that read from ``flat`` (copies only when an
+        array's dtype is narrower than the buffer's)."""
+        out = {}
+        for k, key in enumerate(self.keys):
+            view = flat[self.offsets[k]:self.offsets[k + 1]].reshape(self.shapes[k])
+            out[key] = view if view.dtype == self.dtypes[k] else view.astype(self.dtypes[k])
+        return out
+
+
+class DistributedOptimizer(Optimizer):
+    """Wraps an optimizer so that ``step`` first averages the gradients over all ranks
+    with one allreduce of a flat buffer, then lets the wrapped optimizer update.
+
+    ``weight`` is this rank's share (its sample count; default 1, a plain average) and
+    ``extras`` are scalars summed over ranks in the same call (the loss, a stop flag);
+    ``step`` returns those sums followed by ``sum(weight)``.
+    """
+
+    def __init__(self, optimizer: Optimizer, distributed: Distributed) -> None:
+        if isinstance(optimizer, DistributedOptimizer):
+            raise TrainingError("the optimizer is already distributed")
+        self.inner = optimizer
+        self.distributed = distributed
+        self.name = optimizer.name
+        self.steps = 0
+        self._layout: FlatLayout | None = None
+        self._flat: np.ndarray | None = None
+
+    # the wrapped optimizer's settings and state are this one's
+    lr = property(lambda self: self.inner.lr,
+                  lambda self, value: setattr(self.inner, "lr", value))
+    t = property(lambda self: self.inner.t, lambda self, value: setattr(self.inner, "t", value))
+    state = property(lambda self: self.inner.state,
+                     lambda self, value: setattr(self.inner, "state", value))
+
+    def get_config(self) -> dict[str, Any]:
+        return self.inner.get_config()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, flat: dict[str, np.ndarray]) -> None:
+        self.inner.load_state_dict(flat)
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray] | None,
+             *, weight: float = 1.0, extras: Sequence[float] = ()) -> np.ndarray:
+        layout = self._layout
+        if layout is None or layout.keys != list(params) or layout.extra != len(extras) + 1:
+            layout = self._layout = FlatLayout(params, extra=len(extras) + 1)
+            self._flat = layout.empty()
+        flat = layout.pack(grads, float(weight), out=self._flat)
+        flat[layout.n:] = (*extras, weight)
+        self.steps += 1
+        self.distributed.allreduce_sum(flat, f"gradient allreduce of step {self.steps} "
+                                             f"({flat.nbytes} bytes)")
+        total = float(flat[-1])
+        if not total > 0:
+            raise TrainingError(f"step {self.steps}: no rank had samples to train on")
+        flat[:layout.n] *= 1.0 / total
+        self.inner.step(params, layout.views(flat))
+        return flat[layout.n:].astype(np.float64)
+
+    def update(self, key: str, param: np.ndarray, grad: np.ndarray) -> None:
+        self.inner.update(key, param, grad)
+
+    def __repr__(self) -> str:
+        return f"<distributed {self.inner!r} over {self.distributed.size} ranks>"
+
+
+def run_on_ranks(command: Callable[..., int], args: Any, *, timeout: float | None = None
+                 ) -> int:
+    """Run a CLI command on this rank: ``command(args, distributed)`` with stdout on rank 0
+    only, and a failure on any rank ending the whole job with its message."""
+    distributed = Distributed(timeout=timeout)
+    with distributed.abort_on_error(), distributed.root_output_only():
+        if distributed.is_root:
+            print(f"distributed over {distributed.size} MPI rank(s), batch size per rank; "
+                  f"{_mpi().Get_library_version().splitlines()[0].strip()}")
+        return command(args, distributed)
+
+
+class RootOnlyWriter:
+    """Wraps a checkpoint writer (``save``, ``after_batch``, ``interrupted``, ``resume``)
+    so that only rank 0 writes, while every rank keeps the same bookkeeping. ``resume``
+    runs on every rank (the checkpoint must be on a file system all ranks see) and the
+    ranks must agree on whether one was found."""
+
+    def __init__(self, inner: Any, distributed: Distributed) -> None:
+        self.inner = inner
+        self.distributed = distributed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def resume(self, *args: Any, **kwargs: Any) -> Any:
+        position = self.inner.resume(*args, **kwargs)
+        self.distributed.agree(
+            self.distributed.broadcast_object(position is None, "resume check")
+            == (position is None),
+            "resuming: rank 0 and this rank do not both see the checkpoint (it must be on "
+            "a file system shared by all ranks)")
+        return position
+
+    def save(self, position: Any, rng: Any) -> None:
+        if self.distributed.is_root:
+            self.inner.save(position, rng)
+        else:
+            self.inner.saved = position
+
+    def after_batch(self, position: Any, rng: Any) -> None:
+        every = getattr(self.inner, "every", None)
+        if every and position.batch % every == 0:
+            self.save(position, rng)
+
+    def interrupted(self, flag: Any, position: Any, rng: Any) -> Any:
+        if self.distributed.is_root:
+            return self.inner.interrupted(flag, position, rng)
+        saved = self.inner.save
+        try:
+            self.inner.save = lambda position, rng: None
+            return self.inner.interrupted(flag, position, rng)
+        finally:
+            self.inner.save = saved
+
+
+def as_distributed(value: Any) -> Distributed | None:
+    """``fit(distributed=...)``: a :class:`Distributed`, True for the world, or None/False."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Distributed()
+    if isinstance(value, Distributed):
+        return value
+    raise DataError(f"distributed must be True, False or a deltaprop.distributed."
+                    f"Distributed, got {type(value).__name__}")

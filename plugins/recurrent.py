@@ -1,0 +1,870 @@
+"""Recurrent layers: ``rnn`` (tanh or relu), ``lstm`` and ``gru`` over whole sequences,
+the ``bidirectional`` wrapper and the ``time_distributed`` wrapper.
+
+A sequence layer takes ``(batch, time, features)``. Its forward pass projects every
+step's input at once (one GEMM for the whole sequence), then loops over time with one
+GEMM per step for the recurrent part, writing the gates into preallocated buffers
+that become the cache. Backward walks the steps in reverse (backpropagation through
+time), then forms the weight gradients with one GEMM each over all steps.
+
+Parameters follow PyTorch's layout and gate order so weights can be exchanged:
+``W_x`` (features, G*units), ``W_h`` (units, G*units), ``b_x`` and ``b_h`` (G*units),
+with G = 1 (rnn), 4 (lstm: i, f, g, o) or 3 (gru: r, z, n; the reset gate multiplies
+``h @ W_hn + b_hn`` as PyTorch does). PyTorch's ``weight_ih_l0`` is ``W_x.T``.
+
+Extra inputs after the sequence, switched on by config so specs stay explicit:
+``initial_state`` adds h0 (and c0 for lstm), each (batch, units); ``use_lengths``
+adds the valid length of each sequence, (batch,) or (batch, 1) integers. Steps past
+a sequence's length leave the state unchanged, output zeros and get no gradient,
+exactly as PyTorch's packed sequences (a reversed layer starts at the last valid
+step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from deltaprop import Layer, hookimpl
+from deltaprop.bptt import carried_state
+from deltaprop.config import choice, positive_int
+from deltaprop.errors import ConfigError, DataError, ShapeError
+
+Shape = tuple[int, ...]
+Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]
+
+CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+STATES = {"rnn": 1, "lstm": 2, "gru": 1}
+
+
+# --------------------------------------------------------------------------------------
+# kernels: plain functions of arrays, shared by the layers and the bidirectional wrapper
+# --------------------------------------------------------------------------------------
+
+def _order(T: int, reverse: bool) -> range:
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
+                     reverse: bool) -> np.ndarray:
+    """(time, batch, units): the state each step started from, i.e. the previous step's
+    output in processing order, or h0 where there is no previous valid step (the start,
+    or a reversed sequence's padding). Padded steps get h0 too; their gate deltas are 0."""
+    prev = np.empty_like(Y)
+    if reverse:
+        prev[:-1] = Y[1:]
+        prev[-1] = h0
+        if mask is not None:
+            np.copyto(prev[:-1], h0[None], where=~mask[1:])
+    else:
+        prev[1:] = Y[:-1]
+        prev[0] = h0
+    return prev
+
+
+def _lstm_order(H: int) -> np.ndarray:
+    """Columns of PyTorch's (i, f, g, o) layout in the internal order (o, i, f, g)."""
+    return np.r_[3 * H:4 * H, 0:2 * H, 2 * H:3 * H]
+
+
+def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
+                     ) -> tuple[np.ndarray, ...]:
+    """Weights as the forward loop uses them: every gate is computed from one exp,
+    sigmoid(a) = 1 / (1 + exp(-a)) and tanh(a) = 2 / (1 + exp(-2a)) - 1, so the sigmoid
+    gates' columns are negated and lstm's g columns doubled and negated; lstm gates are
+    reordered to (o, i, f, g). (numpy's exp is much faster than its tanh.)"""
+    W_x, W_h, b_x, b_h = params
+    n_sig = 3 * H if cell == "lstm" else 2 * H
+    scale = np.ones(W_h.shape[1], dtype=W_h.dtype)
+    scale[:n_sig] = -1.0
+    if cell == "lstm":
+        scale[n_sig:] = -2.0
+    if cell == "lstm":
+        order = _lstm_order(H)
+        W_x, W_h, b_x, b_h = W_x[:, order], W_h[:, order], b_x[order], b_h[order]
+    return (np.ascontiguousarray(W_x * scale), np.ascontiguousarray(W_h * scale),
+            b_x * scale, b_h * scale)
+
+
+def _zeros_state(state: np.ndarray | None, B: int, H: int, dtype: Any) -> np.ndarray:
+    return np.zeros((B, H), dtype=dtype) if state is None else state
+
+
+def _batch_major(a: np.ndarray) -> np.ndarray:
+    """(time, batch, ...) to a C-contiguous (batch, time, ...)."""
+    return np.ascontiguousarray(a.transpose(1, 0, *range(2, a.ndim)))
+
+
+def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
+                     states: Sequence[np.ndarray | None], mask: np.ndarray | None,
+                     reverse: bool, activation: str, train: bool
+                     ) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    """Run one direction of a cell over ``x`` (batch, time, features).
+
+    Returns the output sequence (batch, time, units; zeros at padded steps), the final
+    states (h, and c for lstm) and the cache (None unless ``train``). ``mask`` is
+    (batch, time) bool or None. Inside, arrays are time-major so that every step's
+    slice is contiguous.
+    """
+    W_x, W_h, b_x, b_h = params
+    B, T, F = x.shape
+    H = W_h.shape[0]
+    dt = x.dtype
+    h0 = _zeros_state(states[0], B, H, dt)
+    if cell != "rnn":
+        # one exp call covers every gate of a step (see _internal_params)
+        W_x, W_h, b_x, b_h = _internal_params(cell, params, H)
+    # the input projection of every step at once, the bias included: the inputs get a
+    # column of ones (then backward's one GEMM over it also yields the bias gradient)
+    xa = np.empty((T, B, F + 1), dtype=dt)
+    xa[:, :, :F] = x.transpose(1, 0, 2)
+    xa[:, :, F] = 1.0
+    xt = xa.reshape(T * B, F + 1)
+    bias = b_x if cell == "gru" else b_x + b_h  # gru: b_hn stays inside the reset gate
+    P = (xt @ np.vstack([W_x, bias[None]])).reshape(T, B, -1)
+    with np.errstate(over="ignore"):  # exp's overflow is harmless (see above)
+        return _run_steps(cell, x, xt, P, W_h, b_h, h0, states, mask, reverse, activation,
+                          train)
+
+
+def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.ndarray,
+               b_h: np.ndarray, h0: np.ndarray, states: Sequence[np.ndarray | None],
+               mask: np.ndarray | None, reverse: bool, activation: str, train: bool
+               ) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    """The loop over time of ``sequence_forward``."""
+    B, T, _ = x.shape
+    H = W_h.shape[0]
+    dt = x.dtype
+    Y = np.empty((T, B, H), dtype=dt)
+    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    h = h0
+    if cell == "rnn":
+        relu = activation == "relu"
+        for t in _order(T, reverse):
+            yt = Y[t]
+            np.matmul(h, W_h, out=yt)
+            yt += P[t]
+            if relu:
+                np.maximum(yt, 0, out=yt)
+            else:
+                np.tanh(yt, out=yt)
+            if mt is not None:
+                h = np.where(mt[t], yt, h)
+                yt *= mt[t]
+            else:
+                h = yt
+        finals = [h.copy()]
+        cache: Any = (cell, xt, Y, h0, mt, reverse, activation) if train else None
+        return _batch_major(Y), finals, cache
+
+    if cell == "lstm":
+        # gates in the internal order (o, i, f, g). With train, each step then turns its
+        # gates into what backward multiplies by (while they are in cache): the gate
+        # slots of P become o' tanh(c_t), i' g, f' c_{t-1} and (1 - g^2) i (s' = s (1 - s)),
+        # and f and o (1 - tanh(c_t)^2) go to their own buffers.
+        c0 = _zeros_state(states[1], B, H, dt)
+        cbuf = np.empty((2, B, H), dtype=dt)  # c_t, alternating between two buffers
+        tc = np.empty((B, H), dtype=dt)
+        tmp = np.empty((B, 4 * H), dtype=dt)
+        if train:
+            Fg = np.empty((T, B, H), dtype=dt)
+            OD = np.empty((T, B, H), dtype=dt)
+            kg = np.empty((B, H), dtype=dt)
+        c = c0
+        for k, t in enumerate(_order(T, reverse)):
+            a = P[t]
+            np.matmul(h, W_h, out=tmp)
+            a += tmp
+            np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
+            a += 1.0
+            np.reciprocal(a, out=a)
+            o, i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            g *= 2.0
+            g -= 1.0
+            ct = cbuf[k % 2]
+            np.multiply(f, c, out=ct)
+            np.multiply(i, g, out=tc)
+            ct += tc
+            np.tanh(ct, out=tc)
+            yt = Y[t]
+            np.multiply(o, tc, out=yt)
+            if mt is not None:
+                m = mt[t]
+                np.copyto(ct, c, where=~m)
+                h = np.where(m, yt, h)
+                yt *= m
+            else:
+                h = yt
+            if train:
+                Fg[t] = f
+                od = OD[t]
+                np.multiply(tc, tc, out=od)
+                np.subtract(1.0, od, out=od)
+                od *= o
+                np.multiply(g, g, out=kg)
+                np.subtract(1.0, kg, out=kg)
+                kg *= i
+                sig = a[:, :3 * H]
+                np.subtract(1.0, sig, out=tmp[:, :3 * H])
+                sig *= tmp[:, :3 * H]
+                o *= tc
+                i *= g
+                f *= c
+                g[...] = kg
+            c = ct
+        finals = [h.copy(), c.copy()]
+        cache = (cell, xt, P, Fg, OD, Y, h0, mt, reverse) if train else None
+        return _batch_major(Y), finals, cache
+
+    # gru
+    R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
+    tmp = np.empty((B, 3 * H), dtype=dt)
+    th = np.empty((B, H), dtype=dt)
+    for t in _order(T, reverse):
+        a = P[t]
+        np.matmul(h, W_h, out=tmp)
+        tmp += b_h
+        rz = a[:, :2 * H]
+        rz += tmp[:, :2 * H]
+        np.exp(rz, out=rz)
+        rz += 1.0
+        np.reciprocal(rz, out=rz)
+        R[t] = tmp[:, 2 * H:]
+        n = a[:, 2 * H:]
+        np.multiply(a[:, :H], tmp[:, 2 * H:], out=th)
+        n += th
+        np.tanh(n, out=n)
+        yt = Y[t]
+        np.subtract(h, n, out=th)
+        th *= a[:, H:2 * H]
+        np.add(n, th, out=yt)
+        if mt is not None:
+            h = np.where(mt[t], yt, h)
+            yt *= mt[t]
+        else:
+            h = yt
+    finals = [h.copy()]
+    cache = (cell, xt, P, R, Y, h0, mt, reverse) if train else None
+    return _batch_major(Y), finals, cache
+
+
+def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
+                      d_finals: Sequence[np.ndarray | None], need_dx: bool = True
+                      ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+    """Backpropagation through time for one direction.
+
+    ``dY`` is the delta of the output sequence (batch, time, units) or None, ``d_finals``
+    those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
+    """
+    cell = cache[0]
+    W_x, W_h = params[0], params[1]
+    xt = cache[1]
+    H = W_h.shape[0]
+    T = cache[2].shape[0]
+    B = xt.shape[0] // T
+    F = xt.shape[1] - 1  # the last column is the ones of the bias
+    dt = xt.dtype
+    if cell == "rnn":
+        _, xt, Y, h0, mt, reverse, activation = cache
+    elif cell == "lstm":
+        _, xt, P, Fg, OD, Y, h0, mt, reverse = cache
+    else:
+        _, xt, P, R, Y, h0, mt, reverse = cache
+    dYt = None if dY is None else dY.transpose(1, 0, 2)
+    dh = np.zeros((B, H), dtype=dt) if d_finals[0] is None else d_finals[0].astype(dt, copy=True)
+    order_t = _order(T, not reverse)  # processing order, backwards
+    pass_h = pass_c = None
+
+    if cell == "rnn":
+        W_hT = W_h.T
+        # dA holds the pre-activation deltas, starting from the output deltas (padded
+        # steps' outputs are constant zeros: their deltas are dropped)
+        if dYt is None:
+            dA = np.zeros((T, B, H), dtype=dt)
+        else:
+            dA = np.array(dYt, dtype=dt, order="C")
+            if mt is not None:
+                dA *= mt
+        if activation == "tanh":
+            D = np.multiply(Y, Y)
+            np.subtract(1.0, D, out=D)
+        else:
+            D = (Y > 0).astype(dt)
+        for t in order_t:
+            da = dA[t]
+            if mt is not None:
+                pass_h = dh * ~mt[t]
+                dh *= mt[t]
+            da += dh
+            da *= D[t]
+            np.matmul(da, W_hT, out=dh)
+            if pass_h is not None:
+                dh += pass_h
+        d_states = [dh]
+        Hprev = _previous_states(Y, h0, mt, reverse)
+        dA2 = dA.reshape(T * B, H)
+        dWx_b = xt.T @ dA2
+        grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dA2, dWx_b[F], dWx_b[F].copy()]
+        dx = _batch_major((dA2 @ W_x.T).reshape(T, B, F)) if need_dx else None
+        return dx, d_states, grads
+
+    if cell == "lstm":
+        # P holds, per gate, what its delta is dh or dc multiplied by (see the forward)
+        order = _lstm_order(H)
+        W_hT = np.ascontiguousarray(W_h[:, order].T)
+        dc = np.zeros((B, H), dtype=dt) if d_finals[1] is None \
+            else d_finals[1].astype(dt, copy=True)
+        K = P.reshape(T, B, 4, H)
+        dA = np.empty((T, B, 4, H), dtype=dt)
+        tmp = np.empty((B, H), dtype=dt)
+        for t in order_t:
+            if dYt is not None:
+                if mt is not None:
+                    np.multiply(dYt[t], mt[t], out=tmp)
+                    dh += tmp
+                else:
+                    dh += dYt[t]
+            if mt is not None:
+                pass_h = dh * ~mt[t]
+                pass_c = dc * ~mt[t]
+                dh *= mt[t]
+                dc *= mt[t]
+            np.multiply(dh, OD[t], out=tmp)
+            dc += tmp                                                # d c_t
+            da = dA[t]
+            np.multiply(K[t, :, 0], dh, out=da[:, 0])                # d o
+            np.multiply(K[t, :, 1:], dc[:, None], out=da[:, 1:])     # d i, d f, d g
+            dc *= Fg[t]                                              # d c_{t-1}
+            np.matmul(da.reshape(B, 4 * H), W_hT, out=dh)            # d h_{t-1}
+            if pass_h is not None:
+                dh += pass_h
+                dc += pass_c
+        d_states = [dh, dc]
+        Hprev = _previous_states(Y, h0, mt, reverse)
+        dA2 = dA.reshape(T * B, 4 * H)
+        back = np.argsort(order)  # internal columns back to PyTorch's order
+        dWx_b = (xt.T @ dA2)[:, back]
+        grads = [dWx_b[:F], (Hprev.reshape(T * B, H).T @ dA2)[:, back], dWx_b[F],
+                 dWx_b[F].copy()]
+        dx = None
+        if need_dx:
+            W_x_internal = np.ascontiguousarray(W_x[:, order].T)
+            dx = _batch_major((dA2 @ W_x_internal).reshape(T, B, F))
+        return dx, d_states, grads
+
+    # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
+    W_hT = W_h.T
+    Hprev = _previous_states(Y, h0, mt, reverse)
+    r = P[:, :, :H]
+    z = P[:, :, H:2 * H]
+    n = P[:, :, 2 * H:]
+    D = np.subtract(1.0, P)
+    D *= P
+    np.multiply(n, n, out=D[:, :, 2 * H:])
+    np.subtract(1.0, D[:, :, 2 * H:], out=D[:, :, 2 * H:])
+    one_minus_z = np.subtract(1.0, z)
+    h_minus_n = np.subtract(Hprev, n)
+    dGx = np.empty_like(P)   # deltas of the input-projection pre-activations
+    dGh = np.empty_like(P)   # deltas of h @ W_h + b_h
+    tmp = np.empty((B, H), dtype=dt)
+    for t in order_t:
+        if dYt is not None:
+            if mt is not None:
+                np.multiply(dYt[t], mt[t], out=tmp)
+                dh += tmp
+            else:
+                dh += dYt[t]
+        if mt is not None:
+            pass_h = dh * ~mt[t]
+            dh *= mt[t]
+        gx = dGx[t]
+        gh = dGh[t]
+        dn = gx[:, 2 * H:]
+        np.multiply(dh, one_minus_z[t], out=dn)
+        dn *= D[t, :, 2 * H:]                                        # d n_pre
+        np.multiply(dh, h_minus_n[t], out=gx[:, H:2 * H])
+        gx[:, H:2 * H] *= D[t, :, H:2 * H]                           # d z_pre
+        np.multiply(dn, R[t], out=gx[:, :H])
+        gx[:, :H] *= D[t, :, :H]                                     # d r_pre
+        gh[:, :2 * H] = gx[:, :2 * H]
+        np.multiply(dn, r[t], out=gh[:, 2 * H:])
+        dh *= z[t]
+        dh += gh @ W_hT
+        if pass_h is not None:
+            dh += pass_h
+    dGx2 = dGx.reshape(T * B, 3 * H)
+    dGh2 = dGh.reshape(T * B, 3 * H)
+    dWx_b = xt.T @ dGx2
+    grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dGh2, dWx_b[F], dGh2.sum(axis=0)]
+    dx = _batch_major((dGx2 @ W_x.T).reshape(T, B, F)) if need_dx else None
+    return dx, [dh], grads
+
+
+# --------------------------------------------------------------------------------------
+# input checks shared by the layers
+# --------------------------------------------------------------------------------------
+
+def lengths_mask(lengths: np.ndarray, batch: int, T: int, owner: str) -> np.ndarray:
+    """(batch, time) bool mask of valid steps, from integer lengths; clear errors else."""
+    lengths = np.asarray(lengths)
+    if lengths.ndim == 2 and lengths.shape[1] == 1:
+        lengths = lengths[:, 0]
+    if lengths.shape != (batch,):
+        raise ShapeError(f"{owner}: lengths must have shape (batch,) or (batch, 1) with "
+                         f"batch {batch}, got {lengths.shape}")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        if not np.issubdtype(lengths.dtype, np.floating) or not np.all(
+                lengths == np.round(lengths)):
+            raise DataError(f"{owner}: lengths must be whole numbers, got {lengths.dtype} "
+                            f"values such as {lengths.ravel()[:3].tolist()}")
+        lengths = lengths.astype(np.int64)
+    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+        bad = int(lengths[(lengths < 0) | (lengths > T)][0])
+        raise DataError(f"{owner}: a length of {bad} does not fit the time axis of "
+                        f"{T} steps (lengths must lie in 0..{T})")
+    return np.arange(T)[None, :] < lengths[:, None]
+
+
+def _check_sequence(x: np.ndarray, F: int, owner: str) -> None:
+    if x.ndim != 3 or x.shape[2] != F:
+        raise ShapeError(f"{owner}: expects sequences of shape (batch, time, {F}), got "
+                         f"{x.shape}")
+
+
+def _check_state(s: np.ndarray, B: int, H: int, owner: str, what: str) -> np.ndarray:
+    if s.shape != (B, H):
+        raise ShapeError(f"{owner}: initial state {what} must have shape (batch, units) = "
+                         f"({B}, {H}), got {s.shape}")
+    return s
+
+
+def _check_build_inputs(owner: str, input_shapes: Sequence[Shape], n_states: int,
+                        units: int, initial_state: bool, use_lengths: bool) -> Shape:
+    expected = 1 + (n_states if initial_state else 0) + (1 if use_lengths else 0)
+    if len(input_shapes) != expected:
+        what = ["the sequence"]
+        if initial_state:
+            what.append(f"{n_states} initial state(s)")
+        if use_lengths:
+            what.append("lengths")
+        raise ShapeError(f"{owner} takes {expected} input(s) ({', '.join(what)}), got "
+                         f"{len(input_shapes)}")
+    seq = tuple(input_shapes[0])
+    if len(seq) != 2:
+        raise ShapeError(f"{owner} expects sequences of shape (batch, time, features), got "
+                         f"(batch, {', '.join(map(str, seq))})")
+    k = 1
+    if initial_state:
+        for i in range(n_states):
+            if tuple(input_shapes[k]) != (units,):
+                raise ShapeError(f"{owner}: initial state {i} must have shape (batch, "
+                                 f"{units}), got (batch, "
+                                 f"{', '.join(map(str, input_shapes[k]))})")
+            k += 1
+    if use_lengths and tuple(input_shapes[k]) not in ((), (1,)):
+        raise ShapeError(f"{owner}: lengths must have shape (batch,) or (batch, 1), got "
+                         f"(batch, {', '.join(map(str, input_shapes[k]))})")
+    return seq
+
+
+def _sample_sequence_inputs(rng: np.random.Generator, input_shapes: Sequence[Shape],
+                            batch: int, dtype: str) -> list[np.ndarray]:
+    """Sequences and states from a normal; an input of shape () or (1,) after the first
+    is the lengths input (examples keep units > 1): lengths in 1..time, one of them
+    short so that padding is exercised."""
+    T = input_shapes[0][0]
+    out = []
+    for i, shape in enumerate(input_shapes):
+        if i > 0 and tuple(shape) in ((), (1,)):
+            lengths = rng.integers(1, T + 1, size=batch)
+            lengths[0] = max(1, T - 2)
+            lengths[-1] = T
+            out.append(lengths.reshape(batch, *shape))
+        else:
+            out.append((0.7 * rng.standard_normal((batch, *shape))).astype(dtype))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------------------
+
+def _add_contiguous(layer: Layer, name: str, shape: Shape, init: str, rng: Any,
+                    fan_in: int, fan_out: int) -> None:
+    """add_param, made C-contiguous: the orthogonal initializer can return a transposed
+    (Fortran-ordered) array, and in-place updates must reach the stored values."""
+    layer.add_param(name, shape, init, rng, fan_in=fan_in, fan_out=fan_out)
+    layer.params[name] = np.ascontiguousarray(layer.params[name])
+
+
+class Recurrent(Layer):
+    """Base of ``rnn``, ``lstm`` and ``gru``; subclasses set ``cell``."""
+
+    cell: ClassVar[str] = ""
+    n_inputs = None
+
+    def __init__(self, units: int, *, return_sequences: bool = False,
+                 return_state: bool = False, reverse: bool = False,
+                 initial_state: bool = False, use_lengths: bool = False,
+                 kernel_initializer: str = "glorot_uniform",
+                 recurrent_initializer: str = "orthogonal", bias_initializer: str = "zeros",
+                 dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        self.units = positive_int(self.name, "units", units)
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.reverse = bool(reverse)
+        self.initial_state = bool(initial_state)
+        self.use_lengths = bool(use_lengths)
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+
+    @property
+    def activation_name(self) -> str:
+        return "tanh"
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape, ...]:
+        n_states = STATES[self.cell]
+        T, F = _check_build_inputs(self.name, input_shapes, n_states, self.units,
+                                   self.initial_state, self.use_lengths)
+        G = GATES[self.cell] * self.units
+        H = self.units
+        self.add_param("W_x", (F, G), self.kernel_initializer, rng, fan_in=F, fan_out=G)
+        _add_contiguous(self, "W_h", (H, G), self.recurrent_initializer, rng, H, G)
+        self.add_param("b_x", (G,), self.bias_initializer, rng, fan_in=F, fan_out=G)
+        self.add_param("b_h", (G,), self.bias_initializer, rng, fan_in=H, fan_out=G)
+        first = (T, H) if self.return_sequences else (H,)
+        return (first, *([(H,)] * n_states if self.return_state else []))
+
+    def _params(self) -> tuple[np.ndarray, ...]:
+        p = self.params
+        return p["W_x"], p["W_h"], p["b_x"], p["b_h"]
+
+    def _split_inputs(self, inputs: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, list[np.ndarray | None], np.ndarray | None]:
+        x = inputs[0]
+        F = self.params["W_x"].shape[0]
+        _check_sequence(x, F, self.name)
+        B, T = x.shape[:2]
+        n_states = STATES[self.cell]
+        states: list[np.ndarray | None] = [None] * n_states
+        k = 1
+        if self.initial_state:
+            for i in range(n_states):
+                states[i] = _check_state(inputs[k], B, self.units, self.name,
+                                         "h" if i == 0 else "c")
+                k += 1
+        mask = lengths_mask(inputs[k], B, T, self.name) if self.use_lengths else None
+        return x, states, mask
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        x, states, mask = self._split_inputs(inputs)
+        carry = None if self.initial_state else carried_state(self, x.shape[0])
+        if carry is not None and carry.states is not None:
+            states = list(carry.states)
+        Y, finals, cache = sequence_forward(self.cell, x, self._params(), states, mask,
+                                            self.reverse, self.activation_name, train)
+        if carry is not None:
+            carry.keep(finals)
+        first = Y if self.return_sequences else finals[0].copy()
+        outputs = (first, *finals) if self.return_state else (first,)
+        return outputs, cache
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        dY, d_finals = _split_output_grads(grad_outputs, self.return_sequences,
+                                           self.return_state, STATES[self.cell])
+        need_dx = needs_grad is None or needs_grad[0]
+        dx, d_states, grads = sequence_backward(cache, self._params(), dY, d_finals, need_dx)
+        grad_inputs: list[Any] = [dx]
+        if self.initial_state:
+            grad_inputs.extend(d_states)
+        if self.use_lengths:
+            grad_inputs.append(None)
+        return tuple(grad_inputs), dict(zip(("W_x", "W_h", "b_x", "b_h"), grads, strict=True))
+
+    @classmethod
+    def sample_inputs(cls, rng: np.random.Generator, input_shapes: Sequence[Shape],
+                      batch: int, dtype: str) -> list[np.ndarray]:
+        return _sample_sequence_inputs(rng, input_shapes, batch, dtype)
+
+
+def _split_output_grads(grad_outputs: Sequence[np.ndarray], return_sequences: bool,
+                        return_state: bool, n_states: int
+                        ) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
+    """The delta of the output sequence and those of the final states; a last-step output
+    is the final h, so its delta joins the final h's."""
+    d_finals: list[np.ndarray | None] = [None] * n_states
+    if return_state:
+        d_finals = list(grad_outputs[1:1 + n_states])
+    if return_sequences:
+        return grad_outputs[0], d_finals
+    first = grad_outputs[0]
+    d_finals[0] = first if d_finals[0] is None else first + d_finals[0]
+    return None, d_finals
+
+
+class RNN(Recurrent):
+    """Elman RNN: h_t = act(x_t W_x + b_x + h_{t-1} W_h + b_h), act tanh or relu."""
+
+    name = "rnn"
+    cell = "rnn"
+    examples = [
+        {"config": {"units": 3, "return_sequences": True}, "input_shapes": [(4, 2)]},
+        {"config": {"units": 3, "activation": "relu", "reverse": True,
+                    "return_state": True, "recurrent_initializer": "glorot_uniform"},
+         "input_shapes": [(3, 2)]},
+        {"config": {"units": 2, "return_sequences": True, "initial_state": True,
+                    "use_lengths": True, "return_state": True},
+         "input_shapes": [(4, 3), (2,), ()]},
+    ]
+
+    def __init__(self, units: int, *, activation: str = "tanh",
+                 return_sequences: bool = False, return_state: bool = False,
+                 reverse: bool = False, initial_state: bool = False,
+                 use_lengths: bool = False, kernel_initializer: str = "glorot_uniform",
+                 recurrent_initializer: str = "orthogonal", bias_initializer: str = "zeros",
+                 dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__(units, return_sequences=return_sequences, return_state=return_state,
+                         reverse=reverse, initial_state=initial_state,
+                         use_lengths=use_lengths, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer,
+                         bias_initializer=bias_initializer, dtype=dtype, label=label)
+        self.activation = choice("rnn", "activation", activation, ("tanh", "relu"))
+
+    @property
+    def activation_name(self) -> str:
+        return self.activation
+
+
+class LSTM(Recurrent):
+    """Long short-term memory: gates i, f, g, o; c_t = f c_{t-1} + i g, h_t = o tanh(c_t)."""
+
+    name = "lstm"
+    cell = "lstm"
+    examples = [
+        {"config": {"units": 3, "return_sequences": True}, "input_shapes": [(4, 2)]},
+        {"config": {"units": 2, "return_state": True, "reverse": True}, "input_shapes": [(3, 3)]},
+        {"config": {"units": 2, "return_sequences": True, "return_state": True,
+                    "initial_state": True, "use_lengths": True, "reverse": True},
+         "input_shapes": [(4, 2), (2,), (2,), (1,)]},
+    ]
+
+
+class GRU(Recurrent):
+    """Gated recurrent unit, PyTorch's formulation: n = tanh(x W_xn + b_xn +
+    r (h W_hn + b_hn)), h_t = (1 - z) n + z h_{t-1}."""
+
+    name = "gru"
+    cell = "gru"
+    examples = [
+        {"config": {"units": 3, "return_sequences": True}, "input_shapes": [(4, 2)]},
+        {"config": {"units": 2, "return_state": True, "initial_state": True,
+                    "use_lengths": True, "reverse": True},
+         "input_shapes": [(4, 3), (2,), ()]},
+    ]
+
+
+class Bidirectional(Layer):
+    """Runs a cell forward and backward over the sequence and concatenates the two
+    outputs along features. Configured flat, so it reads naturally in a spec file:
+    ``layer = "bidirectional"``, ``cell = "lstm"``, ``units = 32``...
+
+    Inputs: the sequence; with ``initial_state`` the forward states then the backward
+    states (h, and c for lstm); with ``use_lengths`` the lengths. Outputs: the
+    concatenated sequence (or final outputs: the forward direction's last step and the
+    backward direction's first); with ``return_state`` then the forward final states and
+    the backward final states. Parameters are ``forward_W_x`` ... ``backward_b_h``.
+    """
+
+    name = "bidirectional"
+    n_inputs = None
+    examples = [
+        {"config": {"cell": "lstm", "units": 2, "return_sequences": True},
+         "input_shapes": [(3, 2)]},
+        {"config": {"cell": "gru", "units": 2, "return_state": True, "use_lengths": True},
+         "input_shapes": [(4, 2), ()]},
+        {"config": {"cell": "rnn", "units": 2, "return_sequences": True,
+                    "initial_state": True}, "input_shapes": [(3, 2), (2,), (2,)]},
+    ]
+
+    def __init__(self, cell: str, units: int, *, activation: str = "tanh",
+                 return_sequences: bool = False, return_state: bool = False,
+                 initial_state: bool = False, use_lengths: bool = False,
+                 kernel_initializer: str = "glorot_uniform",
+                 recurrent_initializer: str = "orthogonal", bias_initializer: str = "zeros",
+                 dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        self.cell = choice("bidirectional", "cell", cell, CELLS)
+        self.units = positive_int("bidirectional", "units", units)
+        self.activation = choice("bidirectional", "activation", activation, ("tanh", "relu"))
+        if self.cell != "rnn" and activation != "tanh":
+            raise ConfigError(f"bidirectional: activation applies to cell 'rnn' only, "
+                              f"not {self.cell!r}")
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.initial_state = bool(initial_state)
+        self.use_lengths = bool(use_lengths)
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape, ...]:
+        n = STATES[self.cell]
+        # the states of both directions come as 2n state inputs
+        T, F = _check_build_inputs("bidirectional", input_shapes, 2 * n, self.units,
+                                   self.initial_state, self.use_lengths)
+        G = GATES[self.cell] * self.units
+        H = self.units
+        for d in ("forward", "backward"):
+            self.add_param(f"{d}_W_x", (F, G), self.kernel_initializer, rng, fan_in=F,
+                           fan_out=G)
+            _add_contiguous(self, f"{d}_W_h", (H, G), self.recurrent_initializer, rng, H, G)
+            self.add_param(f"{d}_b_x", (G,), self.bias_initializer, rng, fan_in=F, fan_out=G)
+            self.add_param(f"{d}_b_h", (G,), self.bias_initializer, rng, fan_in=H, fan_out=G)
+        first = (T, 2 * H) if self.return_sequences else (2 * H,)
+        return (first, *([(H,)] * (2 * n) if self.return_state else []))
+
+    def _params(self, d: str) -> tuple[np.ndarray, ...]:
+        p = self.params
+        return p[f"{d}_W_x"], p[f"{d}_W_h"], p[f"{d}_b_x"], p[f"{d}_b_h"]
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        x = inputs[0]
+        F = self.params["forward_W_x"].shape[0]
+        _check_sequence(x, F, self.name)
+        B, T = x.shape[:2]
+        n = STATES[self.cell]
+        fw_states: list[Any] = [None] * n
+        bw_states: list[Any] = [None] * n
+        if self.initial_state:
+            fw_states = [_check_state(s, B, self.units, self.name, f"{i} (forward)")
+                         for i, s in enumerate(inputs[1:1 + n])]
+            bw_states = [_check_state(s, B, self.units, self.name, f"{i} (backward)")
+                         for i, s in enumerate(inputs[1 + n:1 + 2 * n])]
+        mask = lengths_mask(inputs[-1], B, T, self.name) if self.use_lengths else None
+        Yf, ff, cf = sequence_forward(self.cell, x, self._params("forward"), fw_states, mask,
+                                      False, self.activation, train)
+        Yb, fb, cb = sequence_forward(self.cell, x, self._params("backward"), bw_states,
+                                      mask, True, self.activation, train)
+        if self.return_sequences:
+            first = np.concatenate([Yf, Yb], axis=-1)
+        else:
+            first = np.concatenate([ff[0], fb[0]], axis=-1)
+        outputs = (first, *ff, *fb) if self.return_state else (first,)
+        return outputs, ((cf, cb) if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        cf, cb = cache
+        n = STATES[self.cell]
+        H = self.units
+        g0 = grad_outputs[0]
+        d_ff: list[Any] = [None] * n
+        d_fb: list[Any] = [None] * n
+        if self.return_state:
+            d_ff = list(grad_outputs[1:1 + n])
+            d_fb = list(grad_outputs[1 + n:1 + 2 * n])
+        dYf: np.ndarray | None = None
+        dYb: np.ndarray | None = None
+        if self.return_sequences:
+            dYf, dYb = g0[..., :H], g0[..., H:]
+        else:
+            d_ff[0] = g0[:, :H] if d_ff[0] is None else g0[:, :H] + d_ff[0]
+            d_fb[0] = g0[:, H:] if d_fb[0] is None else g0[:, H:] + d_fb[0]
+        need_dx = needs_grad is None or needs_grad[0]
+        dxf, dsf, gf = sequence_backward(cf, self._params("forward"), dYf, d_ff, need_dx)
+        dxb, dsb, gb = sequence_backward(cb, self._params("backward"), dYb, d_fb, need_dx)
+        dx = None
+        if dxf is not None and dxb is not None:
+            dx = dxf
+            dx += dxb
+        grad_inputs: list[Any] = [dx]
+        if self.initial_state:
+            grad_inputs.extend([*dsf, *dsb])
+        if self.use_lengths:
+            grad_inputs.append(None)
+        names = ("W_x", "W_h", "b_x", "b_h")
+        grads = {f"forward_{k}": v for k, v in zip(names, gf, strict=True)}
+        grads.update({f"backward_{k}": v for k, v in zip(names, gb, strict=True)})
+        return tuple(grad_inputs), grads
+
+    @classmethod
+    def sample_inputs(cls, rng: np.random.Generator, input_shapes: Sequence[Shape],
+                      batch: int, dtype: str) -> list[np.ndarray]:
+        return _sample_sequence_inputs(rng, input_shapes, batch, dtype)
+
+
+class TimeDistributed(Layer):
+    """Applies any registered layer to every step of a sequence, as a batch of
+    batch*time samples: ``wrap = "dense"`` and its ``config`` (a table). The wrapped
+    layer's parameters are this layer's parameters.
+
+    (``dense`` already maps over leading axes; this wrapper makes any layer do so, e.g.
+    an ``lstm`` over each of several sequences.)
+    """
+
+    name = "time_distributed"
+    examples = [
+        {"config": {"wrap": "dense", "config": {"units": 3}}, "input_shapes": [(4, 2)]},
+        {"config": {"wrap": "tanh"}, "input_shapes": [(3, 2, 2)]},
+        {"config": {"wrap": "gru", "config": {"units": 2}}, "input_shapes": [(2, 3, 2)]},
+    ]
+
+    def __init__(self, wrap: str, config: dict[str, Any] | None = None, *,
+                 dtype: str = "float32", label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        from deltaprop.registry import get_registry
+
+        if not isinstance(wrap, str):
+            raise ConfigError(f"time_distributed: wrap must be a layer name, got {wrap!r}")
+        config = dict(config or {})
+        if "dtype" in config and config["dtype"] != dtype:
+            raise ConfigError("time_distributed: the wrapped layer takes this layer's dtype; "
+                              "leave dtype out of config")
+        config.pop("dtype", None)
+        self.wrap = wrap
+        self.config = config
+        try:
+            self.inner = get_registry().create(wrap, dtype=dtype, **config)
+        except Exception as exc:
+            raise ConfigError(f"time_distributed: cannot create the wrapped layer {wrap!r}: "
+                              f"{exc}") from None
+        self.params = self.inner.params  # one dict: loading or updating one updates both
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape, ...]:
+        self.expect_inputs(input_shapes)
+        shape = tuple(input_shapes[0])
+        if len(shape) < 1:
+            raise ShapeError("time_distributed needs inputs with a time axis, got (batch,)")
+        T, step = shape[0], shape[1:]
+        try:
+            out = self.inner.build((step,), rng=rng)
+        except ShapeError as exc:
+            raise ShapeError(f"time_distributed({self.wrap}) at each step: {exc}") from None
+        self.inner.input_shapes = (step,)
+        self.inner.output_shapes = tuple(tuple(s) for s in out)
+        return tuple((T, *s) for s in out)
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        (x,) = inputs
+        B, T = x.shape[:2]
+        outs, cache = self.inner.forward((x.reshape(B * T, *x.shape[2:]),), train=train)
+        outs = tuple(o.reshape(B, T, *o.shape[1:]) for o in outs)
+        return outs, ((cache, B, T) if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        inner_cache, B, T = cache
+        grads = tuple(g.reshape(B * T, *g.shape[2:]) for g in grad_outputs)
+        (dx,), dparams = self.inner.backward(inner_cache, grads, needs_grad=needs_grad)
+        return (None if dx is None else dx.reshape(B, T, *dx.shape[1:]),), dparams
+
+
+@hookimpl
+def deltaprop_register_layers() -> list[type[Layer]]:
+    return [RNN, LSTM, GRU, Bidirectional, TimeDistributed]
