@@ -63,8 +63,12 @@ class RenamesItsConfig(Good):
     def __init__(self, *, factor: float = 1.0, dtype: str = "float32",
                  label: str | None = None) -> None:
         super().__init__(dtype=dtype, label=label)
-        self.factor = 1.0  # ignores the argument: get_config cannot round-trip it
+        self.factor = 1.0  # stores the argument elsewhere: get_config cannot round-trip it
         self._factor = factor
+
+    def forward(self, inputs, *, train):
+        (x,) = inputs
+        return (x * self.params["w"] * self._factor,), (x if train else None)
 
 
 class AcceptsAnyShape(Good):
@@ -95,7 +99,7 @@ class StateOutsideParams(Good):
     (KeepsInputOnSelf, "no_per_call_state", "per-call state"),
     (CachesAtInference, "cache_released", "inference must cache nothing"),
     (LeaksFloat64, "dtypes", "float32 layer returned a float64 output"),
-    (RenamesItsConfig, "config_round_trip", "factor"),
+    (RenamesItsConfig, "config_round_trip", "not stored under its own name"),
     (AcceptsAnyShape, "rejects_bad_shapes", "accepted the wrong input shapes"),
     (ModifiesItsInput, "train_inference", "modified input 0 in place"),
     (StateOutsideParams, "save_load", "differs after a save/load round trip"),
