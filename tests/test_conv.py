@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import deltaprop
 import numpy as np
 import pytest
+
+import deltaprop
 from deltaprop.errors import ConfigError, ShapeError
 from deltaprop.plugins.conv import Conv1D, Conv2D, MaxPool2D, choose_algorithm, make_geometry
 from deltaprop.spec import load_spec

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from deltaprop.data import load_data
 from deltaprop.errors import DataError
 from deltaprop.go import (
