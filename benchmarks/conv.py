@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from deltaprop.plugins.conv import Conv2D, MaxPool2D
-from deltaprop.testing import make_layer
 
 from benchmarks.common import format_rows, interleaved_medians, row, torch_or_none
+from deltaprop.plugins.conv import Conv2D, MaxPool2D
+from deltaprop.testing import make_layer
 
 #: (batch, in_channels, filters, size, kernel): the shapes of the issue's table
 CONV_CASES = [

@@ -72,7 +72,7 @@ def data_digest(xs: Sequence[np.ndarray], y: np.ndarray | None) -> str:
     for a in [*xs, *([] if y is None else [y])]:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]
     return h.hexdigest()
 
 
@@ -213,6 +213,7 @@ def _read(path: Path, where: str, net: Network) -> Checkpoint:
             if len(shape) != 1 or dtype.kind not in "iu":
                 raise CheckpointError(f"{where}: bad sample order")
             order = reader.read(ORDER).astype(np.int64)
+    assert isinstance(epoch, int) and isinstance(batch, int)  # checked by _count above
     position = Position(epoch, batch, order, float(epoch_loss),
                         {k: [float(f) for f in v] for k, v in history.items()})
     return Checkpoint(path, position, rng_state, identity, params, opt_state)

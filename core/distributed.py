@@ -384,7 +384,7 @@ class DistributedOptimizer(Optimizer):
             raise TrainingError("the optimizer is already distributed")
         self.inner = optimizer
         self.distributed = distributed
-        self.name = optimizer.name
+        self.name = optimizer.name  # type: ignore[misc]
         self.steps = 0
         self._layout: FlatLayout | None = None
         self._flat: np.ndarray | None = None
@@ -405,7 +405,8 @@ class DistributedOptimizer(Optimizer):
     def load_state_dict(self, flat: dict[str, np.ndarray]) -> None:
         self.inner.load_state_dict(flat)
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray] | None,
+    def step(  # type: ignore[override]
+            self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray] | None,
              *, weight: float = 1.0, extras: Sequence[float] = ()) -> np.ndarray:
         layout = self._layout
         if layout is None or layout.keys != list(params) or layout.extra != len(extras) + 1:

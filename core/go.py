@@ -320,7 +320,7 @@ def build_dataset(folder: str | os.PathLike[str], out: str | os.PathLike[str] | 
             g = np.tile(g, 8)
         arrays[f"x_{name}"], arrays[f"y_{name}"], arrays[f"game_{name}"] = x, y, g
     if out is not None:
-        np.savez_compressed(out, **arrays)
+        np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
     return arrays
 
 

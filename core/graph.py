@@ -551,10 +551,10 @@ class Network:
             else:
                 for s, out in zip(step.out_slots, outputs):
                     values[s] = out
-                out = None
+                out = None  # type: ignore[assignment]
             for s in step.free_after:
                 values[s] = None
-            outputs = None  # hold no reference that would defeat an in-place proof
+            outputs = None  # type: ignore[assignment]  # hold no reference that would defeat an in-place proof
             if train and step.carries:
                 k = step.index
                 if keep_cache[k]:

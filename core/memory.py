@@ -204,7 +204,7 @@ class MemoryReport:
         return "\n".join(lines)
 
 
-def fmt_bytes(n: int) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB"):
         if abs(n) < 1024 or unit == "MiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

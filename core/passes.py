@@ -175,7 +175,7 @@ def fuse_loss(net: Any, loss: Any) -> LossFusion | None:
     name = getattr(loss, "name", None)
     if name == "softmax_cross_entropy" and type(loss).__name__ == "SoftmaxCrossEntropy":
         return LossFusion(len(net.plan), out, softmax_cross_entropy)
-    if LOSS_ON_LOGITS.get(name) == "softmax_cross_entropy":
+    if LOSS_ON_LOGITS.get(name or "") == "softmax_cross_entropy":
         last = net.plan[-1]
         if (last.layer.name == "softmax" and last.out_slots == (out,)
                 and getattr(last.layer, "axis", -1) in (-1, 1) and len(last.in_slots) == 1):

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 import scipy.fft
+from numpy.lib.stride_tricks import as_strided
+
 from deltaprop import Layer, hookimpl
 from deltaprop.config import choice, int_tuple, positive_int
 from deltaprop.errors import ConfigError, ShapeError
-from numpy.lib.stride_tricks import as_strided
 
 Shape = tuple[int, ...]
 Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 import numpy as np
+
 from deltaprop.data import load_data
 from deltaprop.go import most_common_point_accuracy, top_k_accuracy
 from deltaprop.io import load
