@@ -19,7 +19,7 @@ LENGTHS = np.array([6, 2, 4, 1])
 def _layer(name, shapes, **config):
     from deltaprop import get_registry
 
-    return make_layer(get_registry().get("layer", name), shapes, seed=3, dtype="float64",
+    return make_layer(get_registry().get("layer", name), shapes, build_seed=3, dtype="float64",
                       **config)
 
 
