@@ -307,6 +307,8 @@ class Conv2D(Layer):
     """2-D cross-correlation (what deep learning calls convolution) over NCHW inputs."""
 
     name = "conv2d"
+    #: how many spatial axes the config's kernel_size, stride, padding and dilation have
+    spatial_dims = 2
     examples = [
         {"config": {"filters": 3, "kernel_size": 3}, "input_shapes": [(2, 5, 6)]},
         {"config": {"filters": 2, "kernel_size": [2, 3], "stride": [2, 1], "padding": [1, 2],
@@ -326,10 +328,11 @@ class Conv2D(Layer):
         super().__init__(dtype=dtype, label=label)
         owner = self.name
         self.filters = positive_int(owner, "filters", filters)
-        self.kernel_size = int_tuple(owner, "kernel_size", kernel_size, 2)
-        self.stride = int_tuple(owner, "stride", stride, 2)
-        self.padding = _padding(owner, padding, 2)
-        self.dilation = int_tuple(owner, "dilation", dilation, 2)
+        dims = self.spatial_dims
+        self.kernel_size = int_tuple(owner, "kernel_size", kernel_size, dims)
+        self.stride = int_tuple(owner, "stride", stride, dims)
+        self.padding = _padding(owner, padding, dims)
+        self.dilation = int_tuple(owner, "dilation", dilation, dims)
         self.use_bias = bool(use_bias)
         self.in_channels = None if in_channels is None else positive_int(
             owner, "in_channels", in_channels)
@@ -409,6 +412,7 @@ class Conv1D(Conv2D):
     ``W`` has shape (filters, in_channels, k), PyTorch's layout."""
 
     name = "conv1d"
+    spatial_dims = 1
     examples = [
         {"config": {"filters": 3, "kernel_size": 3}, "input_shapes": [(2, 7)]},
         {"config": {"filters": 2, "kernel_size": 2, "stride": 2, "padding": 1, "dilation": 2,
@@ -416,26 +420,6 @@ class Conv1D(Conv2D):
         {"config": {"filters": 2, "kernel_size": 4, "padding": "same", "algorithm": "fft"},
          "input_shapes": [(2, 6)]},
     ]
-
-    def __init__(self, filters: int, kernel_size: int | Sequence[int] = 3, *,
-                 stride: int | Sequence[int] = 1, padding: Any = "valid",
-                 dilation: int | Sequence[int] = 1, use_bias: bool = True,
-                 in_channels: int | None = None, algorithm: str = "auto",
-                 kernel_initializer: str = "he_uniform", bias_initializer: str = "zeros",
-                 dtype: str = "float32", label: str | None = None) -> None:
-        Layer.__init__(self, dtype=dtype, label=label)
-        owner = self.name
-        self.filters = positive_int(owner, "filters", filters)
-        self.kernel_size = int_tuple(owner, "kernel_size", kernel_size, 1)
-        self.stride = int_tuple(owner, "stride", stride, 1)
-        self.padding = _padding(owner, padding, 1)
-        self.dilation = int_tuple(owner, "dilation", dilation, 1)
-        self.use_bias = bool(use_bias)
-        self.in_channels = None if in_channels is None else positive_int(
-            owner, "in_channels", in_channels)
-        self.algorithm = choice(owner, "algorithm", algorithm, ALGORITHMS)
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
 
     def _geometry(self, shape: Shape) -> Geometry:
         if len(shape) != 2:

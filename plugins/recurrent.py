@@ -48,6 +48,19 @@ def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
+def _add_output_delta(dh: np.ndarray, dYt: np.ndarray | None, mt: np.ndarray | None,
+                      t: int, tmp: np.ndarray) -> None:
+    """Add step t's output delta to the running hidden-state delta (masked steps' outputs
+    are constant zeros, so their deltas are dropped)."""
+    if dYt is None:
+        return
+    if mt is not None:
+        np.multiply(dYt[t], mt[t], out=tmp)
+        dh += tmp
+    else:
+        dh += dYt[t]
+
+
 def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
                      reverse: bool) -> np.ndarray:
     """(time, batch, units): the state each step started from, i.e. the previous step's
@@ -321,12 +334,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         dA = np.empty((T, B, 4, H), dtype=dt)
         tmp = np.empty((B, H), dtype=dt)
         for t in order_t:
-            if dYt is not None:
-                if mt is not None:
-                    np.multiply(dYt[t], mt[t], out=tmp)
-                    dh += tmp
-                else:
-                    dh += dYt[t]
+            _add_output_delta(dh, dYt, mt, t, tmp)
             if mt is not None:
                 pass_h = dh * ~mt[t]
                 pass_c = dc * ~mt[t]
@@ -371,12 +379,7 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     dGh = np.empty_like(P)   # deltas of h @ W_h + b_h
     tmp = np.empty((B, H), dtype=dt)
     for t in order_t:
-        if dYt is not None:
-            if mt is not None:
-                np.multiply(dYt[t], mt[t], out=tmp)
-                dh += tmp
-            else:
-                dh += dYt[t]
+        _add_output_delta(dh, dYt, mt, t, tmp)
         if mt is not None:
             pass_h = dh * ~mt[t]
             dh *= mt[t]
