@@ -40,8 +40,6 @@ def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
     }
 
 
-
-
 def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     """The optimizer of a ``[train]`` table: every key that is not a training setting is
     the optimizer's config (``lr``, ``momentum``...)."""
@@ -51,11 +49,7 @@ def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     settings = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
     if lr is not None:
         settings["lr"] = lr
-    name = train.get("optimizer", "adam")
-    try:
-        return create_optimizer(name, **settings)
-    except ConfigError as exc:
-        raise ConfigError(f"[train] table: {exc}") from None
+    return create_optimizer(train.get("optimizer", "adam"), **settings)
 
 
 def _positive(value: Any, what: str) -> int:
@@ -114,8 +108,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
         optimizer = build_optimizer(train, args.lr)
     except DeltapropError as exc:
         source = f"spec file {args.spec!r}" if args.spec else "the default network"
-        raise ConfigError(f"{source}: [train] table: {exc}".replace(
-            "[train] table: [train] table:", "[train] table:")) from None
+        raise ConfigError(f"{source}: [train] table: {exc}") from None
     check_data(net, [data.x_test], data.y_test, loss, f"test data of {data.name!r}")
     net.configure(fuse=not args.no_fuse, recompute=args.recompute)
     print(describe(data))

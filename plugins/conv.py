@@ -108,9 +108,9 @@ def _padding(owner: str, padding: Any, ndim: int) -> str | tuple[int, ...]:
     return int_tuple(owner, "padding", padding, ndim, allow_zero=True)
 
 
-def make_geometry(owner: str, shape: Shape, F: int, kernel: tuple[int, int],
-                  stride: tuple[int, int], padding: str | tuple[int, ...],
-                  dilation: tuple[int, int]) -> Geometry:
+def make_geometry(owner: str, shape: Shape, F: int, kernel: tuple[int, ...],
+                  stride: tuple[int, ...], padding: str | tuple[int, ...],
+                  dilation: tuple[int, ...]) -> Geometry:
     """Check an input shape (C, H, W) against the config; ShapeError names both."""
     if len(shape) != 3:
         raise ShapeError(f"{owner} expects inputs of shape (channels, height, width) with the "
