@@ -57,6 +57,9 @@ class Layer(Configurable):
     #: ``backward_from_output(y, g) -> delta of the input``: the fusion pass then merges it
     #: into the layer before it (see ``deltaprop.passes``).
     elementwise: ClassVar[bool] = False
+    #: True when the derivative jumps at an input of zero (ReLU-like): ``sample_inputs``
+    #: then keeps the gradient check's samples at least 0.1 away from it.
+    kink_at_zero: ClassVar[bool] = False
     #: Entries of ``params`` that are state, not weights (batch-norm running statistics):
     #: saved and loaded with the weights, updated by the layer itself, never given a
     #: gradient nor touched by an optimizer.
@@ -162,7 +165,10 @@ class Layer(Configurable):
     def sample_inputs(cls, rng: np.random.Generator, input_shapes: Sequence[Shape],
                       batch: int, dtype: str) -> list[np.ndarray]:
         """Inputs on which finite differences are meaningful (away from kinks)."""
-        return [rng.standard_normal((batch, *shape)).astype(dtype) for shape in input_shapes]
+        xs = [rng.standard_normal((batch, *shape)).astype(dtype) for shape in input_shapes]
+        if cls.kink_at_zero:
+            xs = [x + np.where(x >= 0, 0.1, -0.1).astype(dtype) for x in xs]
+        return xs
 
     def __call__(self, *inputs: Any, name: str | None = None) -> Any:
         """Apply the layer to symbolic tensors (the functional API)."""

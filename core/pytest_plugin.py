@@ -30,6 +30,12 @@ INI_OPTION = "deltaprop_distribution"
 MARKER = "deltaprop_distribution"
 
 
+def _case_id(component_class: Any, example: dict[str, Any]) -> str:
+    """``<name>-<index of the example>``, the pytest id of one case."""
+    index = component_class.examples.index(example) if example else "none"
+    return f"{component_class.name}-{index}"
+
+
 @dataclass
 class LayerCase:
     """One example of one layer class, ready to run through the conformance kit."""
@@ -40,8 +46,7 @@ class LayerCase:
 
     @property
     def id(self) -> str:
-        index = self.layer_class.examples.index(self.example) if self.example else "none"
-        return f"{self.layer_class.name}-{index}"
+        return _case_id(self.layer_class, self.example)
 
     def check(self, **options: Any) -> Any:
         """Run every conformance check (``options`` go to ``check_conformance``, e.g.
@@ -67,8 +72,7 @@ class LossCase:
 
     @property
     def id(self) -> str:
-        index = self.loss_class.examples.index(self.example) if self.example else "none"
-        return f"{self.loss_class.name}-{index}"
+        return _case_id(self.loss_class, self.example)
 
     def check(self, **options: Any) -> Any:
         from .testing import check_loss
