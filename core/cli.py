@@ -97,7 +97,8 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
         spec = default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes)
     train = dict(spec.get("train") or {})
     seed = args.seed if args.seed is not None else train.get("seed", 0)
-    net = load_spec(spec if not args.spec else args.spec, seed=seed)
+    source = f"spec file {str(args.spec)!r}" if args.spec else None
+    net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
     data = data.reshaped(net.input_shapes[0])
     epochs = _positive(args.epochs if args.epochs is not None else train.get("epochs", 10),
                        "epochs")

@@ -258,14 +258,14 @@ def check_spec(spec: Any, source: str = "spec") -> None:
 
 
 def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
-              seed: int | None = None) -> Any:
+              seed: int | None = None, source: str | None = None) -> Any:
     """Build a Network from a spec file path or dict; the ``[train]`` table ends up in
-    ``network.train_config``."""
+    ``network.train_config``. ``source`` names a dict's origin in error messages."""
     from .graph import Input, Network, seeded
     from .registry import get_registry
 
     if isinstance(path_or_dict, Mapping):
-        spec, source = path_or_dict, "spec"
+        spec, source = path_or_dict, source or "spec"
     else:
         spec, source = read_spec_file(path_or_dict), f"spec file {str(path_or_dict)!r}"
     checked = _Checked(spec, source)
