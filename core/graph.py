@@ -26,6 +26,7 @@ import numpy as np
 
 from . import memory, passes
 from . import train as _train
+from .allocator import retain_freed_memory
 from .errors import DeltapropError, GraphError, ShapeError
 from .layer import Layer, Shape
 
@@ -201,6 +202,7 @@ class Network:
     def __init__(self, inputs: Tensor | Sequence[Tensor], outputs: Tensor | Sequence[Tensor],
                  *, name: str = "network", fuse: bool = True,
                  recompute: bool | int = False, plan_memory: bool = True) -> None:
+        retain_freed_memory()  # every training step reuses the last one's pages
         self.name = name
         self.inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
         self.outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
