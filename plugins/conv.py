@@ -5,11 +5,15 @@ Tensors are NCHW (NCL for conv1d) and weights use PyTorch's layout, ``W`` of sha
 
 conv2d computes with one of two algorithms that give the same numbers:
 
-- ``direct``: im2col through a strided window view over a channels-last copy of the
-  padded input (so each copied run is a contiguous channel vector), then one GEMM per
-  pass: ``cols @ W``, ``g.T @ cols`` and ``g @ W`` followed by a col2im scatter-add.
-  The output is returned as an NCHW view of channels-last memory, which the next
-  convolution, pool or element-wise layer reads without a transpose copy.
+- ``direct``: im2col + GEMM on a channels-first (C, N, H, W) copy of the padded input,
+  a few images at a time so that the columns stay in cache between the copy that
+  writes them and the GEMM that reads them: ``W @ cols`` forward, then
+  ``cols @ g.T`` and ``W.T @ g`` followed by a col2im add per kernel offset. With
+  stride 1 every output row is computed across the padded width, which turns each
+  kernel offset's window into one contiguous run per image (see :class:`Grid`). Only
+  the padded input is cached; backward rebuilds the columns chunk by chunk. The output
+  is an NCHW view of channels-first memory, so the deltas that come back need no
+  transpose either.
 - ``fft``: real 2-D transforms (``scipy.fft.rfft2``) of the padded input, the kernels
   and the output delta; the sum over channels happens in the frequency domain as a
   batched complex matrix product (one small GEMM per frequency), then an inverse
@@ -29,6 +33,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -42,8 +47,19 @@ from deltaprop.errors import ConfigError, ShapeError
 Shape = tuple[int, ...]
 Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]
 ALGORITHMS = ("auto", "direct", "fft")
-#: threads for scipy.fft (it releases the GIL); BLAS threads itself
-FFT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+
+
+def _fft_workers() -> int:
+    """Threads for scipy.fft (it releases the GIL): as many as cores, up to 8, unless
+    OMP_NUM_THREADS (which users set to pin BLAS; "4,2" nests) asks for fewer."""
+    workers = min(os.cpu_count() or 1, 8)
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if first.isdigit() and int(first) > 0:
+        workers = min(workers, int(first))
+    return workers
+
+
+FFT_WORKERS = _fft_workers()
 
 
 # --------------------------------------------------------------------------------------
@@ -68,28 +84,28 @@ class Geometry:
     pl: int
     pr: int
 
-    @property
+    @cached_property
     def Hp(self) -> int:
         return self.H + self.pt + self.pb
 
-    @property
+    @cached_property
     def Wp(self) -> int:
         return self.W + self.pl + self.pr
 
-    @property
+    @cached_property
     def KH(self) -> int:
         """Extent of the dilated kernel."""
         return self.dh * (self.kh - 1) + 1
 
-    @property
+    @cached_property
     def KW(self) -> int:
         return self.dw * (self.kw - 1) + 1
 
-    @property
+    @cached_property
     def Ho(self) -> int:
         return (self.Hp - self.KH) // self.sh + 1
 
-    @property
+    @cached_property
     def Wo(self) -> int:
         return (self.Wp - self.KW) // self.sw + 1
 
@@ -134,73 +150,165 @@ def make_geometry(owner: str, shape: Shape, F: int, kernel: tuple[int, ...],
 
 
 # --------------------------------------------------------------------------------------
-# the direct algorithm: im2col + GEMM on channels-last memory
+# the direct algorithm: im2col + GEMM, channels first, a few images at a time
 # --------------------------------------------------------------------------------------
-def _nhwc_padded(x: np.ndarray, geo: Geometry) -> np.ndarray:
-    """The input as a padded channels-last array, in one copy (or none)."""
-    xh = x.transpose(0, 2, 3, 1)
-    if not (geo.pt or geo.pb or geo.pl or geo.pr):
-        return np.ascontiguousarray(xh)
-    out = np.zeros((x.shape[0], geo.Hp, geo.Wp, geo.C), dtype=x.dtype)
-    out[:, geo.pt:geo.pt + geo.H, geo.pl:geo.pl + geo.W, :] = xh
-    return out
+#: bytes of im2col columns per chunk of images: small enough to stay in cache between
+#: the copy that writes them and the GEMM that reads them
+CHUNK_BYTES = 2 * 1024 * 1024
 
 
-def _im2col(xp: np.ndarray, geo: Geometry) -> np.ndarray:
-    """(N*Ho*Wo, kh*kw*C) rows of windows; a view when the kernel is 1x1, stride 1."""
-    n, _, _, c = xp.shape
-    s0, s1, s2, s3 = xp.strides
-    windows = as_strided(xp, shape=(n, geo.Ho, geo.Wo, geo.kh, geo.kw, c),
-                         strides=(s0, geo.sh * s1, geo.sw * s2, geo.dh * s1, geo.dw * s2, s3),
-                         writeable=False)
-    return windows.reshape(n * geo.Ho * geo.Wo, geo.kh * geo.kw * c)
+@dataclass(frozen=True)
+class Grid:
+    """Where the direct algorithm computes its output pixels.
+
+    With stride 1 an output row is computed across the whole padded width (``Wg = Wp``,
+    the last ``Wp - Wo`` pixels of each row are thrown away): then kernel offset (i, j)
+    reads a single run of ``Ho * Wp`` input values per image and channel, starting at
+    ``i * dh * Wp + j * dw`` in the flattened padded image, so im2col and col2im move
+    long contiguous runs instead of rows of ``Wo``. The price is ``Wp / Wo`` times the
+    GEMM columns (1.07x at 28x28 "same"). With a larger stride, ``Wg = Wo``.
+    """
+
+    geo: Geometry
+    n: int
+
+    @cached_property
+    def flat(self) -> bool:
+        return self.geo.sh == 1 and self.geo.sw == 1
+
+    @cached_property
+    def Wg(self) -> int:
+        return self.geo.Wp if self.flat else self.geo.Wo
+
+    @cached_property
+    def pixels(self) -> int:
+        """Output pixels per image on the grid."""
+        return self.geo.Ho * self.Wg
+
+    @cached_property
+    def plane(self) -> int:
+        """Padded input values per image and channel."""
+        return self.geo.Hp * self.geo.Wp
+
+    @cached_property
+    def tail(self) -> int:
+        """Zeros after the last image, so the last grid row's discarded pixels can read
+        past its end."""
+        return (self.geo.kw - 1) * self.geo.dw if self.flat else 0
+
+    @cached_property
+    def step(self) -> int:
+        """Images per chunk."""
+        geo = self.geo
+        per_image = geo.C * geo.kh * geo.kw * self.pixels * 4
+        return max(1, min(self.n, CHUNK_BYTES // max(per_image, 1)))
+
+    def padded(self, dtype: Any) -> np.ndarray:
+        """A zero (C, N*Hp*Wp + tail) buffer for a padded input or its delta."""
+        return np.zeros((self.geo.C, self.n * self.plane + self.tail), dtype=dtype)
+
+    def interior(self, flat: np.ndarray) -> np.ndarray:
+        """The unpadded (C, N, H, W) view of such a buffer."""
+        geo = self.geo
+        images = flat[:, :self.n * self.plane].reshape(geo.C, self.n, geo.Hp, geo.Wp)
+        return images[:, :, geo.pt:geo.pt + geo.H, geo.pl:geo.pl + geo.W]
+
+    def windows(self, flat: np.ndarray) -> np.ndarray:
+        """The input values each kernel offset meets, as one (C, kh, kw, N, Ho, Wg) view
+        of the padded buffer: [:, i, j, n] are what offset (i, j) meets in image n.
+        Windows of different offsets overlap in memory, those of one offset do not, so
+        col2im may add into ``[:, i, j]`` one offset at a time."""
+        geo = self.geo
+        item = flat.itemsize
+        return as_strided(flat, shape=(geo.C, geo.kh, geo.kw, self.n, geo.Ho, self.Wg),
+                          strides=(flat.strides[0], geo.dh * geo.Wp * item, geo.dw * item,
+                                   self.plane * item, geo.sh * geo.Wp * item, geo.sw * item))
 
 
-def _kernel_matrix(W: np.ndarray) -> np.ndarray:
-    """(F, C, kh, kw) -> (F, kh*kw*C), the row order of the im2col columns."""
-    return np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(W.shape[0], -1)
+def _im2col(grid: Grid, windows: np.ndarray, start: int, stop: int, out: np.ndarray
+            ) -> np.ndarray:
+    """Columns of images ``start:stop`` as a (C*kh*kw, m*Ho*Wg) matrix written into
+    ``out`` in one copy; the row order (c, i, j) is that of ``W.reshape(F, -1)``, so the
+    weights need no transpose."""
+    cols, by_offset = _columns(grid, out, stop - start)
+    by_offset[...] = windows[:, :, :, start:stop]
+    return cols
+
+
+def _column_buffer(grid: Grid, dtype: Any) -> np.ndarray:
+    geo = grid.geo
+    return np.empty((geo.C * geo.kh * geo.kw, grid.step * grid.pixels), dtype=dtype)
+
+
+def _columns(grid: Grid, buf: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``m`` images' part of a column buffer, as a matrix and as a
+    (C, kh, kw, m, Ho, Wg) view of the same memory."""
+    geo = grid.geo
+    cols = buf[:, :m * grid.pixels]
+    return cols, cols.reshape(geo.C, geo.kh, geo.kw, m, geo.Ho, grid.Wg)
 
 
 def direct_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geometry,
                    keep: bool) -> tuple[np.ndarray, Any]:
+    """Output (F, N*Ho*Wg) = W (F, C*kh*kw) @ columns, built chunk by chunk. The cache
+    is the padded input (kh*kw times smaller than the columns, which backward rebuilds
+    per chunk); the result is an NCHW view of channels-first memory."""
     n = x.shape[0]
-    cols = _im2col(_nhwc_padded(x, geo), geo)
-    Wm = _kernel_matrix(W)
-    y = cols @ Wm.T
-    if b is not None:
-        y += b
-    out = y.reshape(n, geo.Ho, geo.Wo, geo.F).transpose(0, 3, 1, 2)
-    return out, ((cols, Wm, n) if keep else None)
-
-
-def _rows(g: np.ndarray) -> np.ndarray:
-    """An NCHW delta as (N*Ho*Wo, F) rows (free when it lives in channels-last memory)."""
-    return g.transpose(0, 2, 3, 1).reshape(-1, g.shape[1])
+    grid = Grid(geo, n)
+    xp = grid.padded(x.dtype)
+    grid.interior(xp)[...] = x.transpose(1, 0, 2, 3)
+    Wm = W.reshape(geo.F, -1)
+    y = np.empty((geo.F, n * grid.pixels), dtype=np.result_type(x, W))
+    buf = _column_buffer(grid, x.dtype)
+    windows = grid.windows(xp)
+    for start in range(0, n, grid.step):
+        stop = min(n, start + grid.step)
+        part = y[:, start * grid.pixels:stop * grid.pixels]
+        np.matmul(Wm, _im2col(grid, windows, start, stop, buf), out=part)
+        if b is not None:
+            part += b[:, None]
+    out = y.reshape(geo.F, n, geo.Ho, grid.Wg)[:, :, :, :geo.Wo].transpose(1, 0, 2, 3)
+    return out, ((grid, xp, W) if keep else None)
 
 
 def direct_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bias: bool
                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    cols, Wm, n = cache
-    gr = _rows(g)
-    dW = (gr.T @ cols).reshape(geo.F, geo.kh, geo.kw, geo.C).transpose(0, 3, 1, 2)
-    db = gr.sum(axis=0) if use_bias else None
-    dx = None
+    """Per chunk: rebuild the columns, dW += g @ columns.T, and (when the input delta is
+    wanted) column deltas W.T @ g added back into their windows (col2im)."""
+    grid, xp, W = cache
+    n = grid.n
+    dt = np.result_type(g, W)
+    gc = g.transpose(1, 0, 2, 3)                          # (F, N, Ho, Wo)
+    if grid.Wg == geo.Wo:
+        gT = gc.reshape(geo.F, -1)  # free for channels-first deltas
+    else:  # on the grid, with zeros where the forward threw pixels away
+        gT = np.zeros((geo.F, n, geo.Ho, grid.Wg), dtype=g.dtype)
+        gT[:, :, :, :geo.Wo] = gc
+        gT = gT.reshape(geo.F, -1)
+    dWT = np.zeros((geo.C * geo.kh * geo.kw, geo.F), dtype=dt)
+    dWT_part = np.empty_like(dWT)
+    db = gc.sum(axis=(1, 2, 3)) if use_bias else None
+    buf = _column_buffer(grid, xp.dtype)
+    windows = grid.windows(xp)
     if need_x:
-        # one small GEMM per kernel offset, each added into its shifted window: the
-        # result of each is contiguous, where a single (rows, kh*kw*C) delta would be
-        # scattered with a stride of kh*kw*C (measured 2.3x slower at 3x3)
-        dxp = np.zeros((n, geo.Hp, geo.Wp, geo.C), dtype=g.dtype)
-        hspan, wspan = geo.sh * (geo.Ho - 1) + 1, geo.sw * (geo.Wo - 1) + 1
-        Wk = Wm.reshape(geo.F, geo.kh, geo.kw, geo.C)
-        part = np.empty((gr.shape[0], geo.C), dtype=np.result_type(gr, Wm))
-        for i in range(geo.kh):
-            for j in range(geo.kw):
-                top, left = i * geo.dh, j * geo.dw
-                np.matmul(gr, Wk[:, i, j, :], out=part)
-                dxp[:, top:top + hspan:geo.sh, left:left + wspan:geo.sw, :] += part.reshape(
-                    n, geo.Ho, geo.Wo, geo.C)
-        dx = dxp[:, geo.pt:geo.pt + geo.H, geo.pl:geo.pl + geo.W, :].transpose(0, 3, 1, 2)
-    return dx, np.ascontiguousarray(dW), db
+        WmT = np.ascontiguousarray(W.reshape(geo.F, -1).T)
+        dxp = grid.padded(dt)
+        dx_windows = grid.windows(dxp)
+        dcols_buf = _column_buffer(grid, dt)
+    for start in range(0, n, grid.step):
+        stop = min(n, start + grid.step)
+        g_part = gT[:, start * grid.pixels:stop * grid.pixels]
+        np.matmul(_im2col(grid, windows, start, stop, buf), g_part.T, out=dWT_part)
+        dWT += dWT_part
+        if need_x:
+            dcols, by_offset = _columns(grid, dcols_buf, stop - start)
+            np.matmul(WmT, g_part, out=dcols)
+            for i in range(geo.kh):
+                for j in range(geo.kw):
+                    window = dx_windows[:, i, j, start:stop]
+                    np.add(window, by_offset[:, i, j], out=window)
+    dx = grid.interior(dxp).transpose(1, 0, 2, 3) if need_x else None
+    return dx, np.ascontiguousarray(dWT.T).reshape(W.shape), db
 
 
 # --------------------------------------------------------------------------------------
@@ -524,12 +632,27 @@ def _pad(x: np.ndarray, geo: Geometry, value: float) -> np.ndarray:
     return out
 
 
-def _empty_like_layout(x: np.ndarray, shape: Shape) -> np.ndarray:
-    """An NCHW array laid out in memory like ``x`` (channels-last stays channels-last)."""
-    if x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous and x.shape[1] > 1:
-        n, c, h, w = shape
-        return np.zeros((n, h, w, c), dtype=x.dtype).transpose(0, 3, 1, 2)
-    return np.zeros(shape, dtype=x.dtype)
+def _zeros_like_layout(x: np.ndarray, shape: Shape) -> np.ndarray:
+    """Zeros of ``shape`` whose axes lie in memory in the order of ``x``'s (a
+    channels-first conv output's delta stays channels-first)."""
+    order = sorted(range(x.ndim), key=lambda axis: -x.strides[axis])
+    memory = np.zeros([shape[axis] for axis in order], dtype=x.dtype)
+    return memory.transpose(np.argsort(order))
+
+
+def _scatter_to_argmax(g: np.ndarray, arg: np.ndarray, geo: Geometry, planes: int
+                       ) -> np.ndarray:
+    """Overlapping windows: every output delta goes to its window's argmax, and a pixel
+    that wins several windows sums them. One ``bincount`` over flat indices into the
+    padded input does it (measured 2x faster than nine masked adds into strided
+    windows at 3x3 stride 2)."""
+    offsets = np.array([i * geo.Wp + j for i in range(geo.kh) for j in range(geo.kw)])
+    corner = ((np.arange(planes) * (geo.Hp * geo.Wp))[:, None, None]
+              + (np.arange(geo.Ho) * (geo.sh * geo.Wp))[None, :, None]
+              + (np.arange(geo.Wo) * geo.sw)[None, None, :])
+    target = corner.reshape(g.shape) + offsets[arg]
+    sums = np.bincount(target.ravel(), weights=g.ravel(), minlength=planes * geo.Hp * geo.Wp)
+    return sums.astype(g.dtype, copy=False).reshape(*g.shape[:2], geo.Hp, geo.Wp)
 
 
 class MaxPool2D(_Pool2D):
@@ -547,25 +670,30 @@ class MaxPool2D(_Pool2D):
         (x,) = inputs
         geo = self._check(x)
         xp = _pad(x, geo, -np.inf)
-        windows = [_window(xp, geo, *divmod(k, geo.kw)) for k in range(geo.kh * geo.kw)]
-        if len(windows) == 1:
-            best = windows[0].copy(order="K")
-        else:
-            best = np.maximum(windows[0], windows[1])
-            for w in windows[2:]:
-                np.maximum(best, w, out=best)
+        K = geo.kh * geo.kw
+        if K == 1:
+            best = _window(xp, geo, 0, 0).copy(order="K")
+            return (best,), ((np.zeros(best.shape, dtype=np.uint8), x.shape, geo)
+                             if train else None)
+        # every window offset's values in one contiguous stack: the strided gathers are
+        # paid once, and the max and the argmax then run on contiguous memory
+        stack = np.empty((K, *x.shape[:2], geo.Ho, geo.Wo), dtype=x.dtype)
+        for k in range(K):
+            stack[k] = _window(xp, geo, *divmod(k, geo.kw))
+        best = stack.max(axis=0)
         if not train:
             return (best,), None
-        # the offset of the first maximum of each window, by arithmetic on masks
-        # (cheaper than masked assignment on strided views)
-        arg = np.zeros(best.shape, dtype=np.uint8 if len(windows) < 256 else np.int32)
-        found = np.equal(windows[0], best)
-        for k in range(1, len(windows)):
-            hit = np.equal(windows[k], best)
-            np.logical_and(hit, np.logical_not(found), out=hit)
-            if k < len(windows) - 1:
-                np.logical_or(found, hit, out=found)
-            arg += (hit.view(np.uint8) if arg.dtype == np.uint8 else hit) * arg.dtype.type(k)
+        # the offset of the first maximum: the largest K - k among the offsets that hit
+        arg_type = np.uint8 if K < 256 else np.int32
+        first = np.zeros(best.shape, dtype=arg_type)
+        hit = np.empty(best.shape, dtype=bool)
+        weighted = np.empty(best.shape, dtype=arg_type)
+        for k in range(K):
+            np.equal(stack[k], best, out=hit)
+            np.multiply(hit, arg_type(K - k), out=weighted)
+            np.maximum(first, weighted, out=first)
+        arg = np.subtract(arg_type(K), first, out=first)
+        np.minimum(arg, arg_type(K - 1), out=arg)  # a NaN window hits nothing
         return (best,), (arg, x.shape, geo)
 
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
@@ -573,14 +701,13 @@ class MaxPool2D(_Pool2D):
         arg, shape, geo = cache
         (g,) = grad_outputs
         n, c = shape[:2]
-        dxp = _empty_like_layout(g, (n, c, geo.Hp, geo.Wp))
-        disjoint = geo.sh >= geo.kh and geo.sw >= geo.kw
-        for k in range(geo.kh * geo.kw):
-            target = _window(dxp, geo, *divmod(k, geo.kw))
-            if disjoint:
-                np.multiply(g, arg == k, out=target)
-            else:
-                target += g * (arg == k)
+        if geo.sh >= geo.kh and geo.sw >= geo.kw:
+            # disjoint windows: each offset writes its own pixels, no sums
+            dxp = _zeros_like_layout(g, (n, c, geo.Hp, geo.Wp))
+            for k in range(geo.kh * geo.kw):
+                np.multiply(g, arg == k, out=_window(dxp, geo, *divmod(k, geo.kw)))
+        else:
+            dxp = _scatter_to_argmax(g, arg, geo, n * c)
         dx = dxp[:, :, geo.pt:geo.pt + geo.H, geo.pl:geo.pl + geo.W]
         return (dx,), {}
 
@@ -620,7 +747,7 @@ class AvgPool2D(_Pool2D):
         shape, geo = cache
         (g,) = grad_outputs
         share = g * np.asarray(1.0 / (geo.kh * geo.kw), dtype=g.dtype)
-        dxp = _empty_like_layout(g, (*shape[:2], geo.Hp, geo.Wp))
+        dxp = _zeros_like_layout(g, (*shape[:2], geo.Hp, geo.Wp))
         disjoint = geo.sh >= geo.kh and geo.sw >= geo.kw
         for k in range(geo.kh * geo.kw):
             target = _window(dxp, geo, *divmod(k, geo.kw))

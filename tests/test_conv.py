@@ -42,6 +42,30 @@ def test_direct_and_fft_agree(shape, config):
         np.testing.assert_allclose(gd[key], gf[key], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direct_in_several_chunks_with_a_partial_last_one(monkeypatch, stride):
+    """A chunk of columns holds 2 images here, so a batch of 5 ends with a chunk of 1."""
+    from deltaprop.plugins import conv
+
+    shape, rng = (3, 7, 6), np.random.default_rng(1)
+    config = {"filters": 4, "kernel_size": 3, "padding": "same", "stride": stride,
+              "dtype": "float64"}
+    direct = make_layer(Conv2D, [shape], algorithm="direct", **config)
+    fft = make_layer(Conv2D, [shape], algorithm="fft", **config)
+    fft.params = {k: v.copy() for k, v in direct.params.items()}
+    geo = direct._geometry(shape)
+    per_image = 3 * 9 * geo.Ho * (geo.Wp if stride == 1 else geo.Wo) * 4
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * per_image)
+    assert conv.Grid(geo, 5).step == 2
+    x = rng.standard_normal((5, *shape))
+    g = rng.standard_normal((5, *direct.output_shapes[0]))
+    (yd, dxd, gd), (yf, dxf, gf) = _fwd_bwd(direct, x, g), _fwd_bwd(fft, x, g)
+    np.testing.assert_allclose(yd, yf, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dxd, dxf, rtol=1e-10, atol=1e-12)
+    for key in gd:
+        np.testing.assert_allclose(gd[key], gf[key], rtol=1e-10, atol=1e-12)
+
+
 def test_a_known_correlation_by_hand():
     layer = make_layer(Conv2D, [(1, 3, 3)], filters=1, kernel_size=2, dtype="float64")
     layer.params["W"][...] = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
