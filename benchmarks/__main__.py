@@ -34,7 +34,7 @@ from benchmarks.common import format_rows, torch_or_none
 NOT_SUITES = {"common", "__main__"}
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: the order of the table; suites not listed come after, alphabetically
-PREFERRED = ["mlp", "conv", "rnn", "memory", "distributed"]
+PREFERRED = ["mlp", "conv", "cnn", "rnn", "memory", "distributed"]
 
 
 def suite_names() -> list[str]:
