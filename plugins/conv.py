@@ -171,6 +171,7 @@ class Grid:
 
     geo: Geometry
     n: int
+    itemsize: int = 4
 
     @cached_property
     def flat(self) -> bool:
@@ -200,7 +201,7 @@ class Grid:
     def step(self) -> int:
         """Images per chunk."""
         geo = self.geo
-        per_image = geo.C * geo.kh * geo.kw * self.pixels * 4
+        per_image = geo.C * geo.kh * geo.kw * self.pixels * self.itemsize
         return max(1, min(self.n, CHUNK_BYTES // max(per_image, 1)))
 
     def padded(self, dtype: Any) -> np.ndarray:
@@ -254,7 +255,7 @@ def direct_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geom
     is the padded input (kh*kw times smaller than the columns, which backward rebuilds
     per chunk); the result is an NCHW view of channels-first memory."""
     n = x.shape[0]
-    grid = Grid(geo, n)
+    grid = Grid(geo, n, x.itemsize)
     xp = grid.padded(x.dtype)
     grid.interior(xp)[...] = x.transpose(1, 0, 2, 3)
     Wm = W.reshape(geo.F, -1)
