@@ -78,28 +78,14 @@ def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
     return prev
 
 
-def _lstm_order(H: int) -> np.ndarray:
-    """Columns of PyTorch's (i, f, g, o) layout in the internal order (o, i, f, g)."""
-    return np.r_[3 * H:4 * H, 0:2 * H, 2 * H:3 * H]
-
-
-def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
-                     ) -> tuple[np.ndarray, ...]:
-    """Weights as the forward loop uses them: every gate is computed from one exp,
-    sigmoid(a) = 1 / (1 + exp(-a)) and tanh(a) = 2 / (1 + exp(-2a)) - 1, so the sigmoid
-    gates' columns are negated and lstm's g columns doubled and negated; lstm gates are
-    reordered to (o, i, f, g). (numpy's exp is much faster than its tanh.)"""
+def _gru_params(params: Sequence[np.ndarray], H: int) -> tuple[np.ndarray, ...]:
+    """GRU weights as the forward loop uses them: the r and z columns negated, so that
+    one exp gives both, sigmoid(a) = 1 / (1 + exp(-a)) (numpy's exp is much faster than
+    its tanh)."""
     W_x, W_h, b_x, b_h = params
-    n_sig = 3 * H if cell == "lstm" else 2 * H
     scale = np.ones(W_h.shape[1], dtype=W_h.dtype)
-    scale[:n_sig] = -1.0
-    if cell == "lstm":
-        scale[n_sig:] = -2.0
-    if cell == "lstm":
-        order = _lstm_order(H)
-        W_x, W_h, b_x, b_h = W_x[:, order], W_h[:, order], b_x[order], b_h[order]
-    return (np.ascontiguousarray(W_x * scale), np.ascontiguousarray(W_h * scale),
-            b_x * scale, b_h * scale)
+    scale[:2 * H] = -1.0
+    return W_x * scale, W_h * scale, b_x * scale, b_h * scale
 
 
 def _zeros_state(state: np.ndarray | None, B: int, H: int, dtype: Any) -> np.ndarray:
@@ -122,14 +108,16 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
     (batch, time) bool or None. Inside, arrays are time-major so that every step's
     slice is contiguous.
     """
+    if cell == "lstm":
+        with np.errstate(over="ignore"):  # exp's overflow is harmless (see below)
+            return _lstm_forward(x, params, states, mask, reverse, train)
     W_x, W_h, b_x, b_h = params
     B, T, F = x.shape
     H = W_h.shape[0]
     dt = x.dtype
     h0 = _zeros_state(states[0], B, H, dt)
-    if cell != "rnn":
-        # one exp call covers every gate of a step (see _internal_params)
-        W_x, W_h, b_x, b_h = _internal_params(cell, params, H)
+    if cell == "gru":
+        W_x, W_h, b_x, b_h = _gru_params(params, H)
     # the input projection of every step at once, the bias included: the inputs get a
     # column of ones (then backward's one GEMM over it also yields the bias gradient)
     xa = np.empty((T, B, F + 1), dtype=dt)
@@ -173,65 +161,6 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
         cache: Any = (cell, xt, Y, h0, mt, reverse, activation) if train else None
         return _batch_major(Y), finals, cache
 
-    if cell == "lstm":
-        # gates in the internal order (o, i, f, g). With train, each step then turns its
-        # gates into what backward multiplies by (while they are in cache): the gate
-        # slots of P become o' tanh(c_t), i' g, f' c_{t-1} and (1 - g^2) i (s' = s (1 - s)),
-        # and f and o (1 - tanh(c_t)^2) go to their own buffers.
-        c0 = _zeros_state(states[1], B, H, dt)
-        cbuf = np.empty((2, B, H), dtype=dt)  # c_t, alternating between two buffers
-        tc = np.empty((B, H), dtype=dt)
-        tmp = np.empty((B, 4 * H), dtype=dt)
-        if train:
-            Fg = np.empty((T, B, H), dtype=dt)
-            OD = np.empty((T, B, H), dtype=dt)
-            kg = np.empty((B, H), dtype=dt)
-        c = c0
-        for k, t in enumerate(_order(T, reverse)):
-            a = P[t]
-            np.matmul(h, W_h, out=tmp)
-            a += tmp
-            np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
-            a += 1.0
-            np.reciprocal(a, out=a)
-            o, i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            g *= 2.0
-            g -= 1.0
-            ct = cbuf[k % 2]
-            np.multiply(f, c, out=ct)
-            np.multiply(i, g, out=tc)
-            ct += tc
-            np.tanh(ct, out=tc)
-            yt = Y[t]
-            np.multiply(o, tc, out=yt)
-            if mt is not None:
-                m = mt[t]
-                np.copyto(ct, c, where=~m)
-                h = np.where(m, yt, h)
-                yt *= m
-            else:
-                h = yt
-            if train:
-                Fg[t] = f
-                od = OD[t]
-                np.multiply(tc, tc, out=od)
-                np.subtract(1.0, od, out=od)
-                od *= o
-                np.multiply(g, g, out=kg)
-                np.subtract(1.0, kg, out=kg)
-                kg *= i
-                sig = a[:, :3 * H]
-                np.subtract(1.0, sig, out=tmp[:, :3 * H])
-                sig *= tmp[:, :3 * H]
-                o *= tc
-                i *= g
-                f *= c
-                g[...] = kg
-            c = ct
-        finals = [h.copy(), c.copy()]
-        cache = (cell, xt, P, Fg, OD, Y, h0, mt, reverse) if train else None
-        return _batch_major(Y), finals, cache
-
     # gru
     R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
@@ -273,6 +202,8 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
     """
     cell = cache[0]
+    if cell == "lstm":
+        return _lstm_backward(cache, params, dY, d_finals, need_dx)
     W_x, W_h = params[0], params[1]
     xt = cache[1]
     H = W_h.shape[0]
@@ -282,14 +213,12 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     dt = xt.dtype
     if cell == "rnn":
         _, xt, Y, h0, mt, reverse, activation = cache
-    elif cell == "lstm":
-        _, xt, P, Fg, OD, Y, h0, mt, reverse = cache
     else:
         _, xt, P, R, Y, h0, mt, reverse = cache
     dYt = None if dY is None else dY.transpose(1, 0, 2)
     dh = np.zeros((B, H), dtype=dt) if d_finals[0] is None else d_finals[0].astype(dt, copy=True)
     order_t = _order(T, not reverse)  # processing order, backwards
-    pass_h = pass_c = None
+    pass_h = None
 
     if cell == "rnn":
         W_hT = W_h.T
@@ -322,45 +251,6 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
         dWx_b = xt.T @ dA2
         grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dA2, dWx_b[F], dWx_b[F].copy()]
         dx = _batch_major((dA2 @ W_x.T).reshape(T, B, F)) if need_dx else None
-        return dx, d_states, grads
-
-    if cell == "lstm":
-        # P holds, per gate, what its delta is dh or dc multiplied by (see the forward)
-        order = _lstm_order(H)
-        W_hT = np.ascontiguousarray(W_h[:, order].T)
-        dc = np.zeros((B, H), dtype=dt) if d_finals[1] is None \
-            else d_finals[1].astype(dt, copy=True)
-        K = P.reshape(T, B, 4, H)
-        dA = np.empty((T, B, 4, H), dtype=dt)
-        tmp = np.empty((B, H), dtype=dt)
-        for t in order_t:
-            _add_output_delta(dh, dYt, mt, t, tmp)
-            if mt is not None:
-                pass_h = dh * ~mt[t]
-                pass_c = dc * ~mt[t]
-                dh *= mt[t]
-                dc *= mt[t]
-            np.multiply(dh, OD[t], out=tmp)
-            dc += tmp                                                # d c_t
-            da = dA[t]
-            np.multiply(K[t, :, 0], dh, out=da[:, 0])                # d o
-            np.multiply(K[t, :, 1:], dc[:, None], out=da[:, 1:])     # d i, d f, d g
-            dc *= Fg[t]                                              # d c_{t-1}
-            np.matmul(da.reshape(B, 4 * H), W_hT, out=dh)            # d h_{t-1}
-            if pass_h is not None:
-                dh += pass_h
-                dc += pass_c
-        d_states = [dh, dc]
-        Hprev = _previous_states(Y, h0, mt, reverse)
-        dA2 = dA.reshape(T * B, 4 * H)
-        back = np.argsort(order)  # internal columns back to PyTorch's order
-        dWx_b = (xt.T @ dA2)[:, back]
-        grads = [dWx_b[:F], (Hprev.reshape(T * B, H).T @ dA2)[:, back], dWx_b[F],
-                 dWx_b[F].copy()]
-        dx = None
-        if need_dx:
-            W_x_internal = np.ascontiguousarray(W_x[:, order].T)
-            dx = _batch_major((dA2 @ W_x_internal).reshape(T, B, F))
         return dx, d_states, grads
 
     # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
@@ -404,6 +294,183 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dGh2, dWx_b[F], dGh2.sum(axis=0)]
     dx = _batch_major((dGx2 @ W_x.T).reshape(T, B, F)) if need_dx else None
     return dx, [dh], grads
+
+
+# --------------------------------------------------------------------------------------
+# lstm
+# --------------------------------------------------------------------------------------
+#
+# Inside, the gates are kept in the order (o, f, g, i) and every step works on arrays
+# whose gate blocks are contiguous (B, H) blocks (a strided (B, H) slice of a (B, 4H)
+# row costs numpy about three times as much per element op):
+#
+# - Z (time, batch, features + 1 + units) holds each step's [x_t, 1, h_{t-1}], so one
+#   GEMM per step (Z[t] against the stacked weights, bias row included) gives all four
+#   pre-activations at once, without a separate input projection to add, and backward's
+#   one GEMM over Z yields dW_x, the bias gradient and dW_h together.
+# - The weights are scaled so that one exp gives every gate: s = 1 / (1 + exp(z)) is
+#   sigmoid(a) for z = -a and sigmoid(2a) for z = -2a, and tanh(a) = 2 sigmoid(2a) - 1.
+# - With D = s (1 - s), the derivative of every gate is D up to a constant (4 for g),
+#   which backward folds into its weights instead of spending an op per step on it.
+
+#: internal gate j is PyTorch's gate LSTM_FROM_TORCH[j] (torch: i, f, g, o)
+LSTM_FROM_TORCH = (3, 1, 2, 0)
+#: the exp's argument is LSTM_SCALE[j] times gate j's pre-activation
+LSTM_SCALE = (-1.0, -1.0, -2.0, -1.0)
+#: d pre-activation of gate j = LSTM_DELTA[j] * (delta times backward factor K_j)
+LSTM_DELTA = (1.0, 1.0, 4.0, 1.0)
+
+
+def _lstm_columns(H: int) -> np.ndarray:
+    """PyTorch's columns in the internal gate order."""
+    return np.concatenate([np.arange(g * H, (g + 1) * H) for g in LSTM_FROM_TORCH])
+
+
+def _lstm_stacked_weights(params: Sequence[np.ndarray]) -> np.ndarray:
+    """(4, F + 1 + H, H): per internal gate, [W_x; b_x + b_h; W_h] times its exp scale."""
+    W_x, W_h, b_x, b_h = params
+    F, H = W_x.shape[0], W_h.shape[0]
+    W = np.empty((4, F + 1 + H, H), dtype=W_h.dtype)
+    b = b_x + b_h
+    for j, g in enumerate(LSTM_FROM_TORCH):
+        cols = slice(g * H, (g + 1) * H)
+        np.multiply(W_x[:, cols], LSTM_SCALE[j], out=W[j, :F])
+        np.multiply(b[cols], LSTM_SCALE[j], out=W[j, F])
+        np.multiply(W_h[:, cols], LSTM_SCALE[j], out=W[j, F + 1:])
+    return W
+
+
+def _sequence_input(x: np.ndarray, H: int) -> np.ndarray:
+    """Z (time, batch, F + 1 + H): x time-major, a column of ones, room for h_{t-1}."""
+    B, T, F = x.shape
+    Z = np.empty((T, B, F + 1 + H), dtype=x.dtype)
+    Z[:, :, :F] = x.transpose(1, 0, 2)
+    Z[:, :, F] = 1.0
+    return Z
+
+
+def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
+                  states: Sequence[np.ndarray | None], mask: np.ndarray | None,
+                  reverse: bool, train: bool) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    B, T, F = x.shape
+    H = params[1].shape[0]
+    dt = x.dtype
+    W = _lstm_stacked_weights(params)
+    Z = _sequence_input(x, H)
+    order = list(_order(T, reverse))
+    Z[order[0], :, F + 1:] = _zeros_state(states[0], B, H, dt)
+    c0 = _zeros_state(states[1], B, H, dt)
+    Y = np.empty((T, B, H), dtype=dt)
+    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    # per step: the gates (o, f, g, i); pairs [tanh(c_t), c_{t-1}] in two alternating
+    # buffers (c_t is written into the other one's second block)
+    a = np.empty((4, B, H), dtype=dt)
+    pairs = np.empty((2, 2, B, H), dtype=dt)
+    pairs[0, 1] = c0
+    tmp = np.empty((B, H), dtype=dt)
+    # the cache: per step the backward factors K of (o, f, g, i), then o (1 - tanh(c)^2)
+    # (carries dh into dc) and f (carries dc to c_{t-1})
+    K = np.empty((T, 6, B, H), dtype=dt) if train else None
+    o, f, g, i = a[0], a[1], a[2], a[3]
+    h_prev = Z[order[0], :, F + 1:]
+    for k, t in enumerate(order):
+        tc_c = pairs[k % 2]
+        c_prev = tc_c[1]
+        c_t = pairs[(k + 1) % 2, 1]
+        np.matmul(Z[t], W, out=a)
+        np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
+        a += 1.0
+        np.reciprocal(a, out=a)
+        if train:
+            Kt = K[t]
+            D = Kt[:4]
+            np.subtract(1.0, a, out=D)
+            D *= a
+        g *= 2.0
+        g -= 1.0
+        np.multiply(f, c_prev, out=c_t)
+        np.multiply(i, g, out=tmp)
+        c_t += tmp
+        np.tanh(c_t, out=tc_c[0])
+        h = Y[t]
+        np.multiply(o, tc_c[0], out=h)
+        if train:
+            D[:2] *= tc_c           # K_o = D_o tanh(c_t), K_f = D_f c_{t-1}
+            D[2:] *= a[3:1:-1]      # K_g = D_g i, K_i = D_i g
+            np.multiply(h, tc_c[0], out=Kt[4])
+            np.subtract(o, Kt[4], out=Kt[4])
+            Kt[5] = f
+        if mt is not None:
+            m = mt[t]
+            np.copyto(c_t, c_prev, where=~m)
+            state = np.where(m, h, h_prev)
+            h *= m
+        else:
+            state = h
+        if k + 1 < T:
+            h_prev = Z[order[k + 1], :, F + 1:]
+            h_prev[...] = state
+        else:
+            h_prev = state
+    finals = [np.array(h_prev, copy=True), pairs[T % 2, 1].copy()]
+    cache = ("lstm", Z, K, mt, reverse) if train else None
+    return _batch_major(Y), finals, cache
+
+
+def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
+                   d_finals: Sequence[np.ndarray | None], need_dx: bool
+                   ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+    _, Z, K, mt, reverse = cache
+    W_x, W_h = params[0], params[1]
+    T, B, FH = Z.shape
+    H = W_h.shape[0]
+    F = FH - 1 - H
+    dt = Z.dtype
+    cols = _lstm_columns(H)
+    delta = np.repeat(np.asarray(LSTM_DELTA, dtype=dt), H)
+    W_hT = np.ascontiguousarray((W_h[:, cols] * delta).T)
+    dYt = None if dY is None else dY.transpose(1, 0, 2)
+    dh = _delta_state(d_finals[0], B, H, dt)
+    dc = _delta_state(d_finals[1], B, H, dt)
+    dA = np.empty((T, B, 4 * H), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
+    pass_h = pass_c = None
+    for t in _order(T, not reverse):
+        _add_output_delta(dh, dYt, mt, t, tmp)
+        if mt is not None:
+            pass_h = dh * ~mt[t]
+            pass_c = dc * ~mt[t]
+            dh *= mt[t]
+            dc *= mt[t]
+        Kt = K[t]
+        np.multiply(dh, Kt[4], out=tmp)
+        dc += tmp                                        # d c_t
+        da = dA[t]
+        np.multiply(dh, Kt[0], out=da[:, :H])            # o
+        np.multiply(dc, Kt[1], out=da[:, H:2 * H])       # f
+        np.multiply(dc, Kt[2], out=da[:, 2 * H:3 * H])   # g (over 4)
+        np.multiply(dc, Kt[3], out=da[:, 3 * H:])        # i
+        dc *= Kt[5]                                      # d c_{t-1}
+        np.matmul(da, W_hT, out=dh)                      # d h_{t-1}
+        if pass_h is not None:
+            dh += pass_h
+            dc += pass_c
+    dA2 = dA.reshape(T * B, 4 * H)
+    back = np.argsort(cols)
+    dW = Z.reshape(T * B, FH).T @ dA2
+    dW *= delta
+    dW = dW[:, back]
+    grads = [dW[:F], dW[F + 1:], dW[F], dW[F].copy()]
+    dx = None
+    if need_dx:
+        W_xT = np.ascontiguousarray((W_x[:, cols] * delta).T)
+        dx = _batch_major((dA2 @ W_xT).reshape(T, B, F))
+    return dx, [dh, dc], grads
+
+
+def _delta_state(d: np.ndarray | None, B: int, H: int, dt: Any) -> np.ndarray:
+    """A running state delta, starting from the final state's delta (or zeros)."""
+    return np.zeros((B, H), dtype=dt) if d is None else d.astype(dt, copy=True)
 
 
 # --------------------------------------------------------------------------------------
