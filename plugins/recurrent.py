@@ -321,11 +321,6 @@ LSTM_SCALE = (-1.0, -1.0, -2.0, -1.0)
 LSTM_DELTA = (1.0, 1.0, 4.0, 1.0)
 
 
-def _lstm_columns(H: int) -> np.ndarray:
-    """PyTorch's columns in the internal gate order."""
-    return np.concatenate([np.arange(g * H, (g + 1) * H) for g in LSTM_FROM_TORCH])
-
-
 def _lstm_stacked_weights(params: Sequence[np.ndarray]) -> np.ndarray:
     """(4, F + 1 + H, H): per internal gate, [W_x; b_x + b_h; W_h] times its exp scale."""
     W_x, W_h, b_x, b_h = params
@@ -426,17 +421,20 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
     H = W_h.shape[0]
     F = FH - 1 - H
     dt = Z.dtype
-    cols = _lstm_columns(H)
-    delta = np.repeat(np.asarray(LSTM_DELTA, dtype=dt), H)
-    W_hT = np.ascontiguousarray((W_h[:, cols] * delta).T)
-    dYt = None if dY is None else dY.transpose(1, 0, 2)
+    # dA holds the pre-activation deltas in PyTorch's column order (i, f, g, o), but
+    # those of g over 4 (see LSTM_DELTA): the weights take the 4 instead
+    delta = np.ones(4 * H, dtype=dt)
+    delta[2 * H:3 * H] = LSTM_DELTA[2]
     dh = _delta_state(d_finals[0], B, H, dt)
     dc = _delta_state(d_finals[1], B, H, dt)
     dA = np.empty((T, B, 4 * H), dtype=dt)
+    dYt = _time_major_delta(dY, mt)
+    W_hT = (W_h * delta).T
     tmp = np.empty((B, H), dtype=dt)
     pass_h = pass_c = None
     for t in _order(T, not reverse):
-        _add_output_delta(dh, dYt, mt, t, tmp)
+        if dYt is not None:
+            dh += dYt[t]
         if mt is not None:
             pass_h = dh * ~mt[t]
             pass_c = dc * ~mt[t]
@@ -444,28 +442,38 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
             dc *= mt[t]
         Kt = K[t]
         np.multiply(dh, Kt[4], out=tmp)
-        dc += tmp                                        # d c_t
-        da = dA[t]
-        np.multiply(dh, Kt[0], out=da[:, :H])            # o
-        np.multiply(dc, Kt[1], out=da[:, H:2 * H])       # f
-        np.multiply(dc, Kt[2], out=da[:, 2 * H:3 * H])   # g (over 4)
-        np.multiply(dc, Kt[3], out=da[:, 3 * H:])        # i
-        dc *= Kt[5]                                      # d c_{t-1}
-        np.matmul(da, W_hT, out=dh)                      # d h_{t-1}
+        dc += tmp                                                  # d c_t
+        da = dA[t].reshape(B, 4, H)
+        np.multiply(dh, Kt[0], out=da[:, 3])                       # o
+        np.multiply(Kt[1:3], dc, out=da[:, 1:3].transpose(1, 0, 2))  # f, g
+        np.multiply(dc, Kt[3], out=da[:, 0])                       # i
+        dc *= Kt[5]                                                # d c_{t-1}
+        np.matmul(dA[t], W_hT, out=dh)                             # d h_{t-1}
         if pass_h is not None:
             dh += pass_h
             dc += pass_c
     dA2 = dA.reshape(T * B, 4 * H)
-    back = np.argsort(cols)
     dW = Z.reshape(T * B, FH).T @ dA2
     dW *= delta
-    dW = dW[:, back]
     grads = [dW[:F], dW[F + 1:], dW[F], dW[F].copy()]
     dx = None
     if need_dx:
-        W_xT = np.ascontiguousarray((W_x[:, cols] * delta).T)
-        dx = _batch_major((dA2 @ W_xT).reshape(T, B, F))
+        dx = _batch_major((dA2 @ (W_x * delta).T).reshape(T, B, F))
     return dx, [dh, dc], grads
+
+
+def _time_major_delta(dY: np.ndarray | None, mt: np.ndarray | None) -> np.ndarray | None:
+    """The output sequence's delta (batch, time, units) as (time, batch, units), so that
+    each step's slice is contiguous; padded steps' outputs are constant zeros, so their
+    deltas are dropped."""
+    if dY is None:
+        return None
+    out = np.empty((dY.shape[1], dY.shape[0], dY.shape[2]), dtype=dY.dtype)
+    if mt is None:
+        np.copyto(out, dY.transpose(1, 0, 2))
+    else:
+        np.multiply(dY.transpose(1, 0, 2), mt, out=out)
+    return out
 
 
 def _delta_state(d: np.ndarray | None, B: int, H: int, dt: Any) -> np.ndarray:
