@@ -111,6 +111,9 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
     if cell == "lstm":
         with np.errstate(over="ignore"):  # exp's overflow is harmless (see below)
             return _lstm_forward(x, params, states, mask, reverse, train)
+    if cell == "rnn":
+        with np.errstate(over="ignore"):
+            return _rnn_forward(x, params, states[0], mask, reverse, activation, train)
     W_x, W_h, b_x, b_h = params
     B, T, F = x.shape
     H = W_h.shape[0]
@@ -142,25 +145,6 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
     Y = np.empty((T, B, H), dtype=dt)
     mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
     h = h0
-    if cell == "rnn":
-        relu = activation == "relu"
-        for t in _order(T, reverse):
-            yt = Y[t]
-            np.matmul(h, W_h, out=yt)
-            yt += P[t]
-            if relu:
-                np.maximum(yt, 0, out=yt)
-            else:
-                np.tanh(yt, out=yt)
-            if mt is not None:
-                h = np.where(mt[t], yt, h)
-                yt *= mt[t]
-            else:
-                h = yt
-        finals = [h.copy()]
-        cache: Any = (cell, xt, Y, h0, mt, reverse, activation) if train else None
-        return _batch_major(Y), finals, cache
-
     # gru
     R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
@@ -204,6 +188,8 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     cell = cache[0]
     if cell == "lstm":
         return _lstm_backward(cache, params, dY, d_finals, need_dx)
+    if cell == "rnn":
+        return _rnn_backward(cache, params, dY, d_finals[0], need_dx)
     W_x, W_h = params[0], params[1]
     xt = cache[1]
     H = W_h.shape[0]
@@ -211,47 +197,11 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     B = xt.shape[0] // T
     F = xt.shape[1] - 1  # the last column is the ones of the bias
     dt = xt.dtype
-    if cell == "rnn":
-        _, xt, Y, h0, mt, reverse, activation = cache
-    else:
-        _, xt, P, R, Y, h0, mt, reverse = cache
+    _, xt, P, R, Y, h0, mt, reverse = cache
     dYt = None if dY is None else dY.transpose(1, 0, 2)
     dh = np.zeros((B, H), dtype=dt) if d_finals[0] is None else d_finals[0].astype(dt, copy=True)
     order_t = _order(T, not reverse)  # processing order, backwards
     pass_h = None
-
-    if cell == "rnn":
-        W_hT = W_h.T
-        # dA holds the pre-activation deltas, starting from the output deltas (padded
-        # steps' outputs are constant zeros: their deltas are dropped)
-        if dYt is None:
-            dA = np.zeros((T, B, H), dtype=dt)
-        else:
-            dA = np.array(dYt, dtype=dt, order="C")
-            if mt is not None:
-                dA *= mt
-        if activation == "tanh":
-            D = np.multiply(Y, Y)
-            np.subtract(1.0, D, out=D)
-        else:
-            D = (Y > 0).astype(dt)
-        for t in order_t:
-            da = dA[t]
-            if mt is not None:
-                pass_h = dh * ~mt[t]
-                dh *= mt[t]
-            da += dh
-            da *= D[t]
-            np.matmul(da, W_hT, out=dh)
-            if pass_h is not None:
-                dh += pass_h
-        d_states = [dh]
-        Hprev = _previous_states(Y, h0, mt, reverse)
-        dA2 = dA.reshape(T * B, H)
-        dWx_b = xt.T @ dA2
-        grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dA2, dWx_b[F], dWx_b[F].copy()]
-        dx = _batch_major((dA2 @ W_x.T).reshape(T, B, F)) if need_dx else None
-        return dx, d_states, grads
 
     # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
     W_hT = W_h.T
@@ -293,6 +243,108 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     dWx_b = xt.T @ dGx2
     grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dGh2, dWx_b[F], dGh2.sum(axis=0)]
     dx = _batch_major((dGx2 @ W_x.T).reshape(T, B, F)) if need_dx else None
+    return dx, [dh], grads
+
+
+# --------------------------------------------------------------------------------------
+# rnn
+# --------------------------------------------------------------------------------------
+
+def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | None,
+                 mask: np.ndarray | None, reverse: bool, activation: str, train: bool
+                 ) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    """Elman RNN over Z = [x_t, 1, h_{t-1}] (see the lstm's notes): one GEMM per step. tanh
+    comes from an exp, tanh(a) = 2 s - 1 with s = 1 / (1 + exp(-2a)) (the -2 is in the
+    weights), as numpy's exp is much faster than its tanh. The cache is Z and each step's
+    activation derivative over 4, s (1 - s) = (1 - y^2) / 4 (relu: y > 0)."""
+    B, T, F = x.shape
+    H = params[1].shape[0]
+    dt = x.dtype
+    relu = activation == "relu"
+    W = _stacked_weights(params, 1.0 if relu else -2.0)
+    Z = _sequence_input(x, H)
+    order = list(_order(T, reverse))
+    Z[order[0], :, F + 1:] = _zeros_state(h0, B, H, dt)
+    Y = np.empty((T, B, H), dtype=dt)
+    D = np.empty((T, B, H), dtype=dt) if train else None
+    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    h_prev = Z[order[0], :, F + 1:]
+    for k, t in enumerate(order):
+        y = Y[t]
+        np.matmul(Z[t], W, out=y)
+        if relu:
+            np.maximum(y, 0.0, out=y)
+            if train:
+                np.sign(y, out=D[t])
+        else:
+            np.exp(y, out=y)  # overflow to inf gives the limit -1
+            y += 1.0
+            np.reciprocal(y, out=y)
+            if train:
+                d = D[t]
+                np.subtract(1.0, y, out=d)
+                d *= y
+            y *= 2.0
+            y -= 1.0
+        if mt is not None:
+            state = np.where(mt[t], y, h_prev)
+            y *= mt[t]
+        else:
+            state = y
+        if k + 1 < T:
+            h_prev = Z[order[k + 1], :, F + 1:]
+            h_prev[...] = state
+        else:
+            h_prev = state
+    finals = [np.array(h_prev, copy=True)]
+    cache = ("rnn", Z, D, mt, reverse, 1.0 if relu else 4.0) if train else None
+    return _batch_major(Y), finals, cache
+
+
+def _stacked_weights(params: Sequence[np.ndarray], scale: float) -> np.ndarray:
+    """(F + 1 + H, G): [W_x; b_x + b_h; W_h] times ``scale``, the GEMM weights of Z."""
+    W_x, W_h, b_x, b_h = params
+    F = W_x.shape[0]
+    W = np.empty((F + 1 + W_h.shape[0], W_h.shape[1]), dtype=W_h.dtype)
+    np.multiply(W_x, scale, out=W[:F])
+    np.add(b_x, b_h, out=W[F])
+    W[F] *= scale
+    np.multiply(W_h, scale, out=W[F + 1:])
+    return W
+
+
+def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
+                  d_final: np.ndarray | None, need_dx: bool
+                  ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+    _, Z, D, mt, reverse, factor = cache
+    W_x, W_h = params[0], params[1]
+    T, B, FH = Z.shape
+    H = W_h.shape[0]
+    F = FH - 1 - H
+    dt = Z.dtype
+    # dA holds the pre-activation deltas over ``factor`` (the constant D leaves out)
+    W_hT = (W_h * factor).T
+    dh = _delta_state(d_final, B, H, dt)
+    dA = _time_major_delta(dY, mt)
+    if dA is None:
+        dA = np.zeros((T, B, H), dtype=dt)
+    pass_h = None
+    for t in _order(T, not reverse):
+        da = dA[t]
+        if mt is not None:
+            # padded steps: the state passes through (their outputs' deltas are dropped)
+            pass_h = dh * ~mt[t]
+            dh *= mt[t]
+        da += dh
+        da *= D[t]
+        np.matmul(da, W_hT, out=dh)
+        if pass_h is not None:
+            dh += pass_h
+    dA2 = dA.reshape(T * B, H)
+    dW = Z.reshape(T * B, FH).T @ dA2
+    dW *= factor
+    grads = [dW[:F], dW[F + 1:], dW[F], dW[F].copy()]
+    dx = _batch_major((dA2 @ (W_x * factor).T).reshape(T, B, F)) if need_dx else None
     return dx, [dh], grads
 
 
