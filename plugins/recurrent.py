@@ -253,76 +253,90 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
 def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | None,
                  mask: np.ndarray | None, reverse: bool, activation: str, train: bool
                  ) -> tuple[np.ndarray, list[np.ndarray], Any]:
-    """Elman RNN over Z = [x_t, 1, h_{t-1}] (see the lstm's notes): one GEMM per step. tanh
-    comes from an exp, tanh(a) = 2 s - 1 with s = 1 / (1 + exp(-2a)) (the -2 is in the
-    weights), as numpy's exp is much faster than its tanh. The cache is Z and each step's
-    activation derivative over 4, s (1 - s) = (1 - y^2) / 4 (relu: y > 0)."""
+    """Elman RNN over Z = [x_t, 1, h_{t-1}] (see the lstm's notes): one GEMM per step.
+
+    tanh comes from an exp (numpy's exp is much faster than its tanh): tanh(a) = 2 s - 1
+    with s = 1 / (1 + exp(-2a)). Z keeps s rather than h, since h W_h = s (2 W_h) - 1 W_h
+    folds into the weights and bias; the outputs 2 s - 1 are formed once at the end.
+    The cache is Z and each step's activation derivative over 4, s (1 - s) = (1 - h^2) / 4
+    (relu: Z keeps h, and the derivative is h > 0)."""
+    W_x, W_h, b_x, b_h = params
     B, T, F = x.shape
-    H = params[1].shape[0]
+    H = W_h.shape[0]
     dt = x.dtype
     relu = activation == "relu"
-    W = _stacked_weights(params, 1.0 if relu else -2.0)
     Z = _sequence_input(x, H)
     order = list(_order(T, reverse))
-    Z[order[0], :, F + 1:] = _zeros_state(h0, B, H, dt)
-    Y = np.empty((T, B, H), dtype=dt)
+    h0 = _zeros_state(h0, B, H, dt)
+    W = np.empty((F + 1 + H, H), dtype=dt)
+    W[:F] = W_x
+    np.add(b_x, b_h, out=W[F])
+    W[F + 1:] = W_h
+    if relu:
+        Z[order[0], :, F + 1:] = h0
+    else:
+        W[F] -= W_h.sum(axis=0)
+        W[F + 1:] *= 2.0
+        W *= -2.0
+        np.add(h0, 1.0, out=Z[order[0], :, F + 1:])
+        Z[order[0], :, F + 1:] *= 0.5
     D = np.empty((T, B, H), dtype=dt) if train else None
     mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
-    h_prev = Z[order[0], :, F + 1:]
+    u = np.empty((B, H), dtype=dt)
+    state = Z[order[0], :, F + 1:]
     for k, t in enumerate(order):
-        y = Y[t]
-        np.matmul(Z[t], W, out=y)
+        np.matmul(Z[t], W, out=u)
         if relu:
-            np.maximum(y, 0.0, out=y)
+            np.maximum(u, 0.0, out=u)
             if train:
-                np.sign(y, out=D[t])
+                np.sign(u, out=D[t])
         else:
-            np.exp(y, out=y)  # overflow to inf gives the limit -1
-            y += 1.0
-            np.reciprocal(y, out=y)
+            np.exp(u, out=u)  # overflow to inf gives the limit s = 0
+            u += 1.0
+            np.reciprocal(u, out=u)
             if train:
                 d = D[t]
-                np.subtract(1.0, y, out=d)
-                d *= y
-            y *= 2.0
-            y -= 1.0
-        if mt is not None:
-            state = np.where(mt[t], y, h_prev)
-            y *= mt[t]
-        else:
-            state = y
+                np.subtract(1.0, u, out=d)
+                d *= u
+        new = u if mt is None else np.where(mt[t], u, state)
         if k + 1 < T:
-            h_prev = Z[order[k + 1], :, F + 1:]
-            h_prev[...] = state
+            state = Z[order[k + 1], :, F + 1:]
+            state[...] = new
         else:
-            h_prev = state
-    finals = [np.array(h_prev, copy=True)]
-    cache = ("rnn", Z, D, mt, reverse, 1.0 if relu else 4.0) if train else None
-    return _batch_major(Y), finals, cache
-
-
-def _stacked_weights(params: Sequence[np.ndarray], scale: float) -> np.ndarray:
-    """(F + 1 + H, G): [W_x; b_x + b_h; W_h] times ``scale``, the GEMM weights of Z."""
-    W_x, W_h, b_x, b_h = params
-    F = W_x.shape[0]
-    W = np.empty((F + 1 + W_h.shape[0], W_h.shape[1]), dtype=W_h.dtype)
-    np.multiply(W_x, scale, out=W[:F])
-    np.add(b_x, b_h, out=W[F])
-    W[F] *= scale
-    np.multiply(W_h, scale, out=W[F + 1:])
-    return W
+            state = new
+    # the outputs: step t's state is in the slot of the step after it, the last one in
+    # ``state``
+    Y = np.empty((B, T, H), dtype=dt)
+    Zh = Z[:, :, F + 1:].transpose(1, 0, 2)
+    if reverse:
+        Y[:, 1:] = Zh[:, :T - 1]
+        Y[:, 0] = state
+    else:
+        Y[:, :T - 1] = Zh[:, 1:]
+        Y[:, T - 1] = state
+    final = np.array(state, copy=True)
+    if not relu:
+        Y *= 2.0
+        Y -= 1.0
+        final *= 2.0
+        final -= 1.0
+    if mt is not None:
+        Y *= mask[:, :, None]
+    cache = ("rnn", Z, D, mt, reverse, relu) if train else None
+    return Y, [final], cache
 
 
 def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
                   d_final: np.ndarray | None, need_dx: bool
                   ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
-    _, Z, D, mt, reverse, factor = cache
+    _, Z, D, mt, reverse, relu = cache
     W_x, W_h = params[0], params[1]
     T, B, FH = Z.shape
     H = W_h.shape[0]
     F = FH - 1 - H
     dt = Z.dtype
-    # dA holds the pre-activation deltas over ``factor`` (the constant D leaves out)
+    # dA holds the pre-activation deltas over ``factor``, the constant D leaves out
+    factor = 1.0 if relu else 4.0
     W_hT = (W_h * factor).T
     dh = _delta_state(d_final, B, H, dt)
     dA = _time_major_delta(dY, mt)
@@ -341,9 +355,14 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
         if pass_h is not None:
             dh += pass_h
     dA2 = dA.reshape(T * B, H)
-    dW = Z.reshape(T * B, FH).T @ dA2
-    dW *= factor
-    grads = [dW[:F], dW[F + 1:], dW[F], dW[F].copy()]
+    dWT = dA2.T @ Z.reshape(T * B, FH)  # (H, F + 1 + H): rows for x, the bias, the state
+    dWT *= factor
+    db = dWT[:, F].copy()
+    dW_h = dWT[:, F + 1:].T.copy()
+    if not relu:  # Z holds s = (h + 1) / 2
+        dW_h *= 2.0
+        dW_h -= db
+    grads = [dWT[:, :F].T.copy(), dW_h, db, db.copy()]
     dx = _batch_major((dA2 @ (W_x * factor).T).reshape(T, B, F)) if need_dx else None
     return dx, [dh], grads
 
