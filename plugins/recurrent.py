@@ -371,39 +371,35 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
 # lstm
 # --------------------------------------------------------------------------------------
 #
-# Inside, the gates are kept in the order (o, f, g, i) and every step works on arrays
-# whose gate blocks are contiguous (B, H) blocks (a strided (B, H) slice of a (B, 4H)
-# row costs numpy about three times as much per element op):
+# Every step works on arrays whose gate blocks are contiguous (B, H) blocks: a strided
+# (B, H) slice of a (B, 4H) row costs numpy about three times as much per element op.
 #
 # - Z (time, batch, features + 1 + units) holds each step's [x_t, 1, h_{t-1}], so one
 #   GEMM per step (Z[t] against the stacked weights, bias row included) gives all four
-#   pre-activations at once, without a separate input projection to add, and backward's
-#   one GEMM over Z yields dW_x, the bias gradient and dW_h together.
+#   pre-activations at once, gate-major (4, B, H) in PyTorch's order (i, f, g, o),
+#   without a separate input projection to add; backward's one GEMM over Z yields dW_x,
+#   the bias gradient and dW_h together.
 # - The weights are scaled so that one exp gives every gate: s = 1 / (1 + exp(z)) is
 #   sigmoid(a) for z = -a and sigmoid(2a) for z = -2a, and tanh(a) = 2 sigmoid(2a) - 1.
 # - With D = s (1 - s), the derivative of every gate is D up to a constant (4 for g),
 #   which backward folds into its weights instead of spending an op per step on it.
+# - Backward multiplies the deltas by per-gate factors K formed in the forward pass while
+#   the gates are in cache: K_i = D_i g, K_f = D_f c_{t-1}, K_g = D_g i, K_o = D_o
+#   tanh(c_t); i and g are each other's partners, so each pair is one op on a view.
 
-#: internal gate j is PyTorch's gate LSTM_FROM_TORCH[j] (torch: i, f, g, o)
-LSTM_FROM_TORCH = (3, 1, 2, 0)
-#: the exp's argument is LSTM_SCALE[j] times gate j's pre-activation
+#: the exp's argument is LSTM_SCALE[j] times gate j's pre-activation (i, f, g, o)
 LSTM_SCALE = (-1.0, -1.0, -2.0, -1.0)
 #: d pre-activation of gate j = LSTM_DELTA[j] * (delta times backward factor K_j)
 LSTM_DELTA = (1.0, 1.0, 4.0, 1.0)
 
 
 def _lstm_stacked_weights(params: Sequence[np.ndarray]) -> np.ndarray:
-    """(4, F + 1 + H, H): per internal gate, [W_x; b_x + b_h; W_h] times its exp scale."""
+    """(4, F + 1 + H, H) view: per gate, [W_x; b_x + b_h; W_h] times its exp scale."""
     W_x, W_h, b_x, b_h = params
-    F, H = W_x.shape[0], W_h.shape[0]
-    W = np.empty((4, F + 1 + H, H), dtype=W_h.dtype)
-    b = b_x + b_h
-    for j, g in enumerate(LSTM_FROM_TORCH):
-        cols = slice(g * H, (g + 1) * H)
-        np.multiply(W_x[:, cols], LSTM_SCALE[j], out=W[j, :F])
-        np.multiply(b[cols], LSTM_SCALE[j], out=W[j, F])
-        np.multiply(W_h[:, cols], LSTM_SCALE[j], out=W[j, F + 1:])
-    return W
+    H = W_h.shape[0]
+    W = np.concatenate([W_x, (b_x + b_h)[None], W_h])
+    W *= np.repeat(np.asarray(LSTM_SCALE, dtype=W.dtype), H)
+    return W.reshape(W.shape[0], 4, H).transpose(1, 0, 2)
 
 
 def _sequence_input(x: np.ndarray, H: int) -> np.ndarray:
@@ -425,24 +421,24 @@ def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
     Z = _sequence_input(x, H)
     order = list(_order(T, reverse))
     Z[order[0], :, F + 1:] = _zeros_state(states[0], B, H, dt)
-    c0 = _zeros_state(states[1], B, H, dt)
-    Y = np.empty((T, B, H), dtype=dt)
+    Y = np.empty((B, T, H), dtype=dt)
     mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
-    # per step: the gates (o, f, g, i); pairs [tanh(c_t), c_{t-1}] in two alternating
-    # buffers (c_t is written into the other one's second block)
+    # per step: the gates (i, f, g, o); pairs [c_{t-1}, tanh(c_t)] in two alternating
+    # buffers (c_t is written into the other one's first block)
     a = np.empty((4, B, H), dtype=dt)
     pairs = np.empty((2, 2, B, H), dtype=dt)
-    pairs[0, 1] = c0
+    pairs[0, 0] = _zeros_state(states[1], B, H, dt)
+    h = np.empty((B, H), dtype=dt)
     tmp = np.empty((B, H), dtype=dt)
-    # the cache: per step the backward factors K of (o, f, g, i), then o (1 - tanh(c)^2)
-    # (carries dh into dc) and f (carries dc to c_{t-1})
+    # the cache: per step the factors K of (i, f, g, o), then o (1 - tanh(c)^2) (carries
+    # dh into dc) and f (carries dc to c_{t-1})
     K = np.empty((T, 6, B, H), dtype=dt) if train else None
-    o, f, g, i = a[0], a[1], a[2], a[3]
+    i, f, g, o = a[0], a[1], a[2], a[3]
     h_prev = Z[order[0], :, F + 1:]
     for k, t in enumerate(order):
-        tc_c = pairs[k % 2]
-        c_prev = tc_c[1]
-        c_t = pairs[(k + 1) % 2, 1]
+        c_tc = pairs[k % 2]
+        c_prev, tc = c_tc[0], c_tc[1]
+        c_t = pairs[(k + 1) % 2, 0]
         np.matmul(Z[t], W, out=a)
         np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
         a += 1.0
@@ -457,30 +453,30 @@ def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
         np.multiply(f, c_prev, out=c_t)
         np.multiply(i, g, out=tmp)
         c_t += tmp
-        np.tanh(c_t, out=tc_c[0])
-        h = Y[t]
-        np.multiply(o, tc_c[0], out=h)
+        np.tanh(c_t, out=tc)
+        np.multiply(o, tc, out=h)
         if train:
-            D[:2] *= tc_c           # K_o = D_o tanh(c_t), K_f = D_f c_{t-1}
-            D[2:] *= a[3:1:-1]      # K_g = D_g i, K_i = D_i g
-            np.multiply(h, tc_c[0], out=Kt[4])
+            D[0::2] *= a[2::-2]     # K_i = D_i g, K_g = D_g i
+            D[1::2] *= c_tc         # K_f = D_f c_{t-1}, K_o = D_o tanh(c_t)
+            np.multiply(h, tc, out=Kt[4])
             np.subtract(o, Kt[4], out=Kt[4])
             Kt[5] = f
         if mt is not None:
             m = mt[t]
             np.copyto(c_t, c_prev, where=~m)
             state = np.where(m, h, h_prev)
-            h *= m
+            np.multiply(h, m, out=Y[:, t])
         else:
             state = h
+            Y[:, t] = h
         if k + 1 < T:
             h_prev = Z[order[k + 1], :, F + 1:]
             h_prev[...] = state
         else:
             h_prev = state
-    finals = [np.array(h_prev, copy=True), pairs[T % 2, 1].copy()]
+    finals = [np.array(h_prev, copy=True), pairs[T % 2, 0].copy()]
     cache = ("lstm", Z, K, mt, reverse) if train else None
-    return _batch_major(Y), finals, cache
+    return Y, finals, cache
 
 
 def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
@@ -492,15 +488,14 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
     H = W_h.shape[0]
     F = FH - 1 - H
     dt = Z.dtype
-    # dA holds the pre-activation deltas in PyTorch's column order (i, f, g, o), but
-    # those of g over 4 (see LSTM_DELTA): the weights take the 4 instead
-    delta = np.ones(4 * H, dtype=dt)
-    delta[2 * H:3 * H] = LSTM_DELTA[2]
+    # dA holds the pre-activation deltas (i, f, g, o), those of g over 4 (LSTM_DELTA):
+    # the weights take the 4 instead
+    delta = np.repeat(np.asarray(LSTM_DELTA, dtype=dt), H)
     dh = _delta_state(d_finals[0], B, H, dt)
     dc = _delta_state(d_finals[1], B, H, dt)
     dA = np.empty((T, B, 4 * H), dtype=dt)
     dYt = _time_major_delta(dY, mt)
-    W_hT = np.ascontiguousarray((W_h * delta).T)  # (C order: faster GEMMs here)
+    W_hT = (W_h * delta).T
     tmp = np.empty((B, H), dtype=dt)
     pass_h = pass_c = None
     for t in _order(T, not reverse):
@@ -515,9 +510,8 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
         np.multiply(dh, Kt[4], out=tmp)
         dc += tmp                                                  # d c_t
         da = dA[t].reshape(B, 4, H)
-        np.multiply(dh, Kt[0], out=da[:, 3])                       # o
-        np.multiply(Kt[1:3], dc, out=da[:, 1:3].transpose(1, 0, 2))  # f, g
-        np.multiply(dc, Kt[3], out=da[:, 0])                       # i
+        np.multiply(Kt[:3], dc, out=da[:, :3].transpose(1, 0, 2))  # i, f, g
+        np.multiply(dh, Kt[3], out=da[:, 3])                       # o
         dc *= Kt[5]                                                # d c_{t-1}
         np.matmul(dA[t], W_hT, out=dh)                             # d h_{t-1}
         if pass_h is not None:
