@@ -285,7 +285,7 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
     u = np.empty((B, H), dtype=dt)
     state = Z[order[0], :, F + 1:]
     for k, t in enumerate(order):
-        np.matmul(Z[t], W, out=u)
+        np.dot(Z[t], W, out=u)  # (np.dot: less call overhead than matmul)
         if relu:
             np.maximum(u, 0.0, out=u)
             if train:
@@ -337,9 +337,9 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
     dt = Z.dtype
     # dA holds the pre-activation deltas over ``factor``, the constant D leaves out
     factor = 1.0 if relu else 4.0
-    W_hT = np.ascontiguousarray((W_h * factor).T)  # (C order: faster GEMMs here)
+    W_hT = np.ascontiguousarray((W_h * factor).T, dtype=dt)  # (C order: faster GEMMs)
     dh = _delta_state(d_final, B, H, dt)
-    dA = _time_major_delta(dY, mt)
+    dA = _time_major_delta(dY, mt, dt)
     if dA is None:
         dA = np.zeros((T, B, H), dtype=dt)
     pass_h = None
@@ -351,7 +351,7 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
             dh *= mt[t]
         da += dh
         da *= D[t]
-        np.matmul(da, W_hT, out=dh)
+        np.dot(da, W_hT, out=dh)
         if pass_h is not None:
             dh += pass_h
     dA2 = dA.reshape(T * B, H)
@@ -494,8 +494,8 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
     dh = _delta_state(d_finals[0], B, H, dt)
     dc = _delta_state(d_finals[1], B, H, dt)
     dA = np.empty((T, B, 4 * H), dtype=dt)
-    dYt = _time_major_delta(dY, mt)
-    W_hT = (W_h * delta).T
+    dYt = _time_major_delta(dY, mt, dt)
+    W_hT = (W_h * delta).astype(dt, copy=False).T
     tmp = np.empty((B, H), dtype=dt)
     pass_h = pass_c = None
     for t in _order(T, not reverse):
@@ -513,7 +513,7 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
         np.multiply(Kt[:3], dc, out=da[:, :3].transpose(1, 0, 2))  # i, f, g
         np.multiply(dh, Kt[3], out=da[:, 3])                       # o
         dc *= Kt[5]                                                # d c_{t-1}
-        np.matmul(dA[t], W_hT, out=dh)                             # d h_{t-1}
+        np.dot(dA[t], W_hT, out=dh)                                # d h_{t-1}
         if pass_h is not None:
             dh += pass_h
             dc += pass_c
@@ -527,13 +527,14 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
     return dx, [dh, dc], grads
 
 
-def _time_major_delta(dY: np.ndarray | None, mt: np.ndarray | None) -> np.ndarray | None:
+def _time_major_delta(dY: np.ndarray | None, mt: np.ndarray | None, dt: Any
+                      ) -> np.ndarray | None:
     """The output sequence's delta (batch, time, units) as (time, batch, units), so that
     each step's slice is contiguous; padded steps' outputs are constant zeros, so their
     deltas are dropped."""
     if dY is None:
         return None
-    out = np.empty((dY.shape[1], dY.shape[0], dY.shape[2]), dtype=dY.dtype)
+    out = np.empty((dY.shape[1], dY.shape[0], dY.shape[2]), dtype=dt)
     if mt is None:
         np.copyto(out, dY.transpose(1, 0, 2))
     else:
