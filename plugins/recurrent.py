@@ -1,11 +1,14 @@
 """Recurrent layers: ``rnn`` (tanh or relu), ``lstm`` and ``gru`` over whole sequences,
 the ``bidirectional`` wrapper and the ``time_distributed`` wrapper.
 
-A sequence layer takes ``(batch, time, features)``. Its forward pass projects every
-step's input at once (one GEMM for the whole sequence), then loops over time with one
-GEMM per step for the recurrent part, writing the gates into preallocated buffers
-that become the cache. Backward walks the steps in reverse (backpropagation through
-time), then forms the weight gradients with one GEMM each over all steps.
+A sequence layer takes ``(batch, time, features)``. Its forward pass loops over time
+with one GEMM per step, writing into preallocated buffers that become the cache: for
+rnn and lstm the GEMM takes the step's input and previous state together,
+``[x_t, 1, h_{t-1}]`` against the stacked weights and bias (see the lstm section); gru
+projects every step's input at once, then adds one recurrent GEMM per step (its reset
+gate needs the recurrent part alone). Backward walks the steps in reverse
+(backpropagation through time), then forms the weight gradients with one GEMM over all
+steps.
 
 Parameters follow PyTorch's layout and gate order so weights can be exchanged:
 ``W_x`` (features, G*units), ``W_h`` (units, G*units), ``b_x`` and ``b_h`` (G*units),
