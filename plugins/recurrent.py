@@ -283,7 +283,6 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
         W *= -2.0
         np.add(h0, 1.0, out=Z[order[0], :, F + 1:])
         Z[order[0], :, F + 1:] *= 0.5
-    D = np.empty((T, B, H), dtype=dt) if train else None
     mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
     u = np.empty((B, H), dtype=dt)
     state = Z[order[0], :, F + 1:]
@@ -291,16 +290,10 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
         np.dot(Z[t], W, out=u)  # (np.dot: less call overhead than matmul)
         if relu:
             np.maximum(u, 0.0, out=u)
-            if train:
-                np.sign(u, out=D[t])
         else:
             np.exp(u, out=u)  # overflow to inf gives the limit s = 0
             u += 1.0
             np.reciprocal(u, out=u)
-            if train:
-                d = D[t]
-                np.subtract(1.0, u, out=d)
-                d *= u
         new = u if mt is None else np.where(mt[t], u, state)
         if k + 1 < T:
             state = Z[order[k + 1], :, F + 1:]
@@ -325,35 +318,45 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
         final -= 1.0
     if mt is not None:
         Y *= mask[:, :, None]
-    cache = ("rnn", Z, D, mt, reverse, relu) if train else None
+    cache = ("rnn", Z, state.copy(), mt, reverse, relu) if train else None
     return Y, [final], cache
 
 
 def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
                   d_final: np.ndarray | None, need_dx: bool
                   ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
-    _, Z, D, mt, reverse, relu = cache
+    _, Z, last, mt, reverse, relu = cache
     W_x, W_h = params[0], params[1]
     T, B, FH = Z.shape
     H = W_h.shape[0]
     F = FH - 1 - H
     dt = Z.dtype
-    # dA holds the pre-activation deltas over ``factor``, the constant D leaves out
+    # dA holds the pre-activation deltas over ``factor``: the derivative is 4 s (1 - s)
+    # (relu: h > 0), with s (relu: h) in the slot of Z after the step's
     factor = 1.0 if relu else 4.0
     W_hT = np.ascontiguousarray((W_h * factor).T, dtype=dt)  # (C order: faster GEMMs)
     dh = _delta_state(d_final, B, H, dt)
     dA = _time_major_delta(dY, mt, dt)
     if dA is None:
         dA = np.zeros((T, B, H), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
     pass_h = None
-    for t in _order(T, not reverse):
+    order = list(_order(T, reverse))
+    for k in range(T - 1, -1, -1):
+        t = order[k]
+        s_t = Z[order[k + 1], :, F + 1:] if k + 1 < T else last
         da = dA[t]
         if mt is not None:
             # padded steps: the state passes through (their outputs' deltas are dropped)
             pass_h = dh * ~mt[t]
             dh *= mt[t]
         da += dh
-        da *= D[t]
+        if relu:
+            np.sign(s_t, out=tmp)
+        else:
+            np.subtract(1.0, s_t, out=tmp)
+            tmp *= s_t
+        da *= tmp
         np.dot(da, W_hT, out=dh)
         if pass_h is not None:
             dh += pass_h
