@@ -261,8 +261,9 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
     tanh comes from an exp (numpy's exp is much faster than its tanh): tanh(a) = 2 s - 1
     with s = 1 / (1 + exp(-2a)). Z keeps s rather than h, since h W_h = s (2 W_h) - 1 W_h
     folds into the weights and bias; the outputs 2 s - 1 are formed once at the end.
-    The cache is Z and each step's activation derivative over 4, s (1 - s) = (1 - h^2) / 4
-    (relu: Z keeps h, and the derivative is h > 0)."""
+    The cache is Z alone (and the last state): backward forms each step's derivative
+    from the states Z holds, 1 - h^2 = 4 s (1 - s) (relu: Z keeps h; h > 0). (2 s - 1
+    is exact to about one float epsilon absolute, not relative, for h near 0.)"""
     W_x, W_h, b_x, b_h = params
     B, T, F = x.shape
     H = W_h.shape[0]
