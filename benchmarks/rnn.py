@@ -80,24 +80,24 @@ def deltaprop_step(net: Any, x: np.ndarray, grad: np.ndarray) -> None:
 def lstm_cache_report(batch: int = BATCH, units: int = HIDDEN, features: int = FEATURES,
                       steps: int = T) -> dict[str, Any]:
     """Bytes the executor holds for one LSTM node after a training forward, per step and
-    per sample, and why each is needed: the input x with a 1 appended (features + 1),
-    for dW_x and the bias gradient in one GEMM; for each of the four gates the factor its
-    delta is dh or dc multiplied by (4 units: o' tanh(c_t), i' g, f' c_{t-1},
-    (1 - g^2) i, formed in the forward while the gates are in cache); f (units), which
-    carries dc to c_{t-1}; o (1 - tanh(c_t)^2) (units), which carries dh into dc; and the
-    output h_t (units), which is h_{t-1} for dW_h. Plus h0 once per sequence."""
+    per sample, and why each is needed: the step's GEMM input [x_t, 1, h_{t-1}]
+    (features + 1 + units), for dW_x, the bias gradient and dW_h in one GEMM (the first
+    step's h_{t-1} is h0); for each of the four gates the factor its delta is dh or dc
+    multiplied by (4 units: i' g, f' c_{t-1}, (1 - g^2) i / 4, o' tanh(c_t), formed in
+    the forward while the gates are in cache); o (1 - tanh(c_t)^2) (units), which
+    carries dh into dc; and f (units), which carries dc to c_{t-1}."""
     net = make_network("lstm", units, features, steps)
     x = np.random.default_rng(0).standard_normal((batch, steps, features)).astype(np.float32)
     net.forward(x, train=True)
     total = net.cache_bytes
     per_step = total / steps
     itemsize = 4
-    breakdown = {"x_and_1": (features + 1) * itemsize, "gate_factors": 4 * units * itemsize,
-                 "f": units * itemsize, "o_dtanh_c": units * itemsize, "h": units * itemsize}
+    breakdown = {"x_1_h": (features + 1 + units) * itemsize,
+                 "gate_factors": 4 * units * itemsize,
+                 "o_dtanh_c": units * itemsize, "f": units * itemsize}
     return {"cache_bytes": total, "bytes_per_step": per_step,
             "bytes_per_step_per_sample": per_step / batch,
-            "explained_per_sample": sum(breakdown.values()),
-            "h0_bytes": batch * units * itemsize, "breakdown": breakdown}
+            "explained_per_sample": sum(breakdown.values()), "breakdown": breakdown}
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['bytes_per_step']:.0f} bytes per step, "
                   f"{r['bytes_per_step_per_sample']:.0f} per step per sample "
                   f"({' + '.join(f'{k} {v}' for k, v in r['breakdown'].items())} = "
-                  f"{r['explained_per_sample']}, plus h0 once: {r['h0_bytes']} bytes)")
+                  f"{r['explained_per_sample']})")
     return 0
 
 

@@ -1,11 +1,14 @@
 """Recurrent layers: ``rnn`` (tanh or relu), ``lstm`` and ``gru`` over whole sequences,
 the ``bidirectional`` wrapper and the ``time_distributed`` wrapper.
 
-A sequence layer takes ``(batch, time, features)``. Its forward pass projects every
-step's input at once (one GEMM for the whole sequence), then loops over time with one
-GEMM per step for the recurrent part, writing the gates into preallocated buffers
-that become the cache. Backward walks the steps in reverse (backpropagation through
-time), then forms the weight gradients with one GEMM each over all steps.
+A sequence layer takes ``(batch, time, features)``. Its forward pass loops over time
+with one GEMM per step, writing into preallocated buffers that become the cache: for
+rnn and lstm the GEMM takes the step's input and previous state together,
+``[x_t, 1, h_{t-1}]`` against the stacked weights and bias (see the lstm section); gru
+projects every step's input at once, then adds one recurrent GEMM per step (its reset
+gate needs the recurrent part alone). Backward walks the steps in reverse
+(backpropagation through time), then forms the weight gradients with one GEMM over all
+steps.
 
 Parameters follow PyTorch's layout and gate order so weights can be exchanged:
 ``W_x`` (features, G*units), ``W_h`` (units, G*units), ``b_x`` and ``b_h`` (G*units),
@@ -78,28 +81,14 @@ def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
     return prev
 
 
-def _lstm_order(H: int) -> np.ndarray:
-    """Columns of PyTorch's (i, f, g, o) layout in the internal order (o, i, f, g)."""
-    return np.r_[3 * H:4 * H, 0:2 * H, 2 * H:3 * H]
-
-
-def _internal_params(cell: str, params: Sequence[np.ndarray], H: int
-                     ) -> tuple[np.ndarray, ...]:
-    """Weights as the forward loop uses them: every gate is computed from one exp,
-    sigmoid(a) = 1 / (1 + exp(-a)) and tanh(a) = 2 / (1 + exp(-2a)) - 1, so the sigmoid
-    gates' columns are negated and lstm's g columns doubled and negated; lstm gates are
-    reordered to (o, i, f, g). (numpy's exp is much faster than its tanh.)"""
+def _gru_params(params: Sequence[np.ndarray], H: int) -> tuple[np.ndarray, ...]:
+    """GRU weights as the forward loop uses them: the r and z columns negated, so that
+    one exp gives both, sigmoid(a) = 1 / (1 + exp(-a)) (numpy's exp is much faster than
+    its tanh)."""
     W_x, W_h, b_x, b_h = params
-    n_sig = 3 * H if cell == "lstm" else 2 * H
     scale = np.ones(W_h.shape[1], dtype=W_h.dtype)
-    scale[:n_sig] = -1.0
-    if cell == "lstm":
-        scale[n_sig:] = -2.0
-    if cell == "lstm":
-        order = _lstm_order(H)
-        W_x, W_h, b_x, b_h = W_x[:, order], W_h[:, order], b_x[order], b_h[order]
-    return (np.ascontiguousarray(W_x * scale), np.ascontiguousarray(W_h * scale),
-            b_x * scale, b_h * scale)
+    scale[:2 * H] = -1.0
+    return W_x * scale, W_h * scale, b_x * scale, b_h * scale
 
 
 def _zeros_state(state: np.ndarray | None, B: int, H: int, dtype: Any) -> np.ndarray:
@@ -122,14 +111,19 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
     (batch, time) bool or None. Inside, arrays are time-major so that every step's
     slice is contiguous.
     """
+    if cell == "lstm":
+        with np.errstate(over="ignore"):  # exp's overflow is harmless (see below)
+            return _lstm_forward(x, params, states, mask, reverse, train)
+    if cell == "rnn":
+        with np.errstate(over="ignore"):
+            return _rnn_forward(x, params, states[0], mask, reverse, activation, train)
     W_x, W_h, b_x, b_h = params
     B, T, F = x.shape
     H = W_h.shape[0]
     dt = x.dtype
     h0 = _zeros_state(states[0], B, H, dt)
-    if cell != "rnn":
-        # one exp call covers every gate of a step (see _internal_params)
-        W_x, W_h, b_x, b_h = _internal_params(cell, params, H)
+    if cell == "gru":
+        W_x, W_h, b_x, b_h = _gru_params(params, H)
     # the input projection of every step at once, the bias included: the inputs get a
     # column of ones (then backward's one GEMM over it also yields the bias gradient)
     xa = np.empty((T, B, F + 1), dtype=dt)
@@ -154,84 +148,6 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
     Y = np.empty((T, B, H), dtype=dt)
     mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
     h = h0
-    if cell == "rnn":
-        relu = activation == "relu"
-        for t in _order(T, reverse):
-            yt = Y[t]
-            np.matmul(h, W_h, out=yt)
-            yt += P[t]
-            if relu:
-                np.maximum(yt, 0, out=yt)
-            else:
-                np.tanh(yt, out=yt)
-            if mt is not None:
-                h = np.where(mt[t], yt, h)
-                yt *= mt[t]
-            else:
-                h = yt
-        finals = [h.copy()]
-        cache: Any = (cell, xt, Y, h0, mt, reverse, activation) if train else None
-        return _batch_major(Y), finals, cache
-
-    if cell == "lstm":
-        # gates in the internal order (o, i, f, g). With train, each step then turns its
-        # gates into what backward multiplies by (while they are in cache): the gate
-        # slots of P become o' tanh(c_t), i' g, f' c_{t-1} and (1 - g^2) i (s' = s (1 - s)),
-        # and f and o (1 - tanh(c_t)^2) go to their own buffers.
-        c0 = _zeros_state(states[1], B, H, dt)
-        cbuf = np.empty((2, B, H), dtype=dt)  # c_t, alternating between two buffers
-        tc = np.empty((B, H), dtype=dt)
-        tmp = np.empty((B, 4 * H), dtype=dt)
-        if train:
-            Fg = np.empty((T, B, H), dtype=dt)
-            OD = np.empty((T, B, H), dtype=dt)
-            kg = np.empty((B, H), dtype=dt)
-        c = c0
-        for k, t in enumerate(_order(T, reverse)):
-            a = P[t]
-            np.matmul(h, W_h, out=tmp)
-            a += tmp
-            np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
-            a += 1.0
-            np.reciprocal(a, out=a)
-            o, i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            g *= 2.0
-            g -= 1.0
-            ct = cbuf[k % 2]
-            np.multiply(f, c, out=ct)
-            np.multiply(i, g, out=tc)
-            ct += tc
-            np.tanh(ct, out=tc)
-            yt = Y[t]
-            np.multiply(o, tc, out=yt)
-            if mt is not None:
-                m = mt[t]
-                np.copyto(ct, c, where=~m)
-                h = np.where(m, yt, h)
-                yt *= m
-            else:
-                h = yt
-            if train:
-                Fg[t] = f
-                od = OD[t]
-                np.multiply(tc, tc, out=od)
-                np.subtract(1.0, od, out=od)
-                od *= o
-                np.multiply(g, g, out=kg)
-                np.subtract(1.0, kg, out=kg)
-                kg *= i
-                sig = a[:, :3 * H]
-                np.subtract(1.0, sig, out=tmp[:, :3 * H])
-                sig *= tmp[:, :3 * H]
-                o *= tc
-                i *= g
-                f *= c
-                g[...] = kg
-            c = ct
-        finals = [h.copy(), c.copy()]
-        cache = (cell, xt, P, Fg, OD, Y, h0, mt, reverse) if train else None
-        return _batch_major(Y), finals, cache
-
     # gru
     R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
@@ -244,7 +160,7 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
         rz += tmp[:, :2 * H]
         np.exp(rz, out=rz)
         rz += 1.0
-        np.reciprocal(rz, out=rz)
+        np.divide(1.0, rz, out=rz)  # (faster than np.reciprocal)
         R[t] = tmp[:, 2 * H:]
         n = a[:, 2 * H:]
         np.multiply(a[:, :H], tmp[:, 2 * H:], out=th)
@@ -273,6 +189,10 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
     """
     cell = cache[0]
+    if cell == "lstm":
+        return _lstm_backward(cache, params, dY, d_finals, need_dx)
+    if cell == "rnn":
+        return _rnn_backward(cache, params, dY, d_finals[0], need_dx)
     W_x, W_h = params[0], params[1]
     xt = cache[1]
     H = W_h.shape[0]
@@ -280,88 +200,11 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     B = xt.shape[0] // T
     F = xt.shape[1] - 1  # the last column is the ones of the bias
     dt = xt.dtype
-    if cell == "rnn":
-        _, xt, Y, h0, mt, reverse, activation = cache
-    elif cell == "lstm":
-        _, xt, P, Fg, OD, Y, h0, mt, reverse = cache
-    else:
-        _, xt, P, R, Y, h0, mt, reverse = cache
+    _, xt, P, R, Y, h0, mt, reverse = cache
     dYt = None if dY is None else dY.transpose(1, 0, 2)
     dh = np.zeros((B, H), dtype=dt) if d_finals[0] is None else d_finals[0].astype(dt, copy=True)
     order_t = _order(T, not reverse)  # processing order, backwards
-    pass_h = pass_c = None
-
-    if cell == "rnn":
-        W_hT = W_h.T
-        # dA holds the pre-activation deltas, starting from the output deltas (padded
-        # steps' outputs are constant zeros: their deltas are dropped)
-        if dYt is None:
-            dA = np.zeros((T, B, H), dtype=dt)
-        else:
-            dA = np.array(dYt, dtype=dt, order="C")
-            if mt is not None:
-                dA *= mt
-        if activation == "tanh":
-            D = np.multiply(Y, Y)
-            np.subtract(1.0, D, out=D)
-        else:
-            D = (Y > 0).astype(dt)
-        for t in order_t:
-            da = dA[t]
-            if mt is not None:
-                pass_h = dh * ~mt[t]
-                dh *= mt[t]
-            da += dh
-            da *= D[t]
-            np.matmul(da, W_hT, out=dh)
-            if pass_h is not None:
-                dh += pass_h
-        d_states = [dh]
-        Hprev = _previous_states(Y, h0, mt, reverse)
-        dA2 = dA.reshape(T * B, H)
-        dWx_b = xt.T @ dA2
-        grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dA2, dWx_b[F], dWx_b[F].copy()]
-        dx = _batch_major((dA2 @ W_x.T).reshape(T, B, F)) if need_dx else None
-        return dx, d_states, grads
-
-    if cell == "lstm":
-        # P holds, per gate, what its delta is dh or dc multiplied by (see the forward)
-        order = _lstm_order(H)
-        W_hT = np.ascontiguousarray(W_h[:, order].T)
-        dc = np.zeros((B, H), dtype=dt) if d_finals[1] is None \
-            else d_finals[1].astype(dt, copy=True)
-        K = P.reshape(T, B, 4, H)
-        dA = np.empty((T, B, 4, H), dtype=dt)
-        tmp = np.empty((B, H), dtype=dt)
-        for t in order_t:
-            _add_output_delta(dh, dYt, mt, t, tmp)
-            if mt is not None:
-                pass_h = dh * ~mt[t]
-                pass_c = dc * ~mt[t]
-                dh *= mt[t]
-                dc *= mt[t]
-            np.multiply(dh, OD[t], out=tmp)
-            dc += tmp                                                # d c_t
-            da = dA[t]
-            np.multiply(K[t, :, 0], dh, out=da[:, 0])                # d o
-            np.multiply(K[t, :, 1:], dc[:, None], out=da[:, 1:])     # d i, d f, d g
-            dc *= Fg[t]                                              # d c_{t-1}
-            np.matmul(da.reshape(B, 4 * H), W_hT, out=dh)            # d h_{t-1}
-            if pass_h is not None:
-                dh += pass_h
-                dc += pass_c
-        d_states = [dh, dc]
-        Hprev = _previous_states(Y, h0, mt, reverse)
-        dA2 = dA.reshape(T * B, 4 * H)
-        back = np.argsort(order)  # internal columns back to PyTorch's order
-        dWx_b = (xt.T @ dA2)[:, back]
-        grads = [dWx_b[:F], (Hprev.reshape(T * B, H).T @ dA2)[:, back], dWx_b[F],
-                 dWx_b[F].copy()]
-        dx = None
-        if need_dx:
-            W_x_internal = np.ascontiguousarray(W_x[:, order].T)
-            dx = _batch_major((dA2 @ W_x_internal).reshape(T, B, F))
-        return dx, d_states, grads
+    pass_h = None
 
     # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
     W_hT = W_h.T
@@ -404,6 +247,311 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dGh2, dWx_b[F], dGh2.sum(axis=0)]
     dx = _batch_major((dGx2 @ W_x.T).reshape(T, B, F)) if need_dx else None
     return dx, [dh], grads
+
+
+# --------------------------------------------------------------------------------------
+# rnn
+# --------------------------------------------------------------------------------------
+
+def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | None,
+                 mask: np.ndarray | None, reverse: bool, activation: str, train: bool
+                 ) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    """Elman RNN over Z = [x_t, 1, h_{t-1}] (see the lstm's notes): one GEMM per step.
+
+    tanh comes from an exp (numpy's exp is much faster than its tanh): tanh(a) = 2 s - 1
+    with s = 1 / (1 + exp(-2a)). Z keeps s rather than h, since h W_h = s (2 W_h) - 1 W_h
+    folds into the weights and bias; the outputs 2 s - 1 are formed once at the end.
+    The cache is Z alone (and the last state): backward forms each step's derivative
+    from the states Z holds, 1 - h^2 = 4 s (1 - s) (relu: Z keeps h; h > 0). (2 s - 1
+    is exact to about one float epsilon absolute, not relative, for h near 0.)"""
+    W_x, W_h, b_x, b_h = params
+    B, T, F = x.shape
+    H = W_h.shape[0]
+    dt = x.dtype
+    relu = activation == "relu"
+    Z = _sequence_input(x, H)
+    order = list(_order(T, reverse))
+    h0 = _zeros_state(h0, B, H, dt)
+    W = np.empty((F + 1 + H, H), dtype=dt)
+    W[:F] = W_x
+    np.add(b_x, b_h, out=W[F])
+    W[F + 1:] = W_h
+    if relu:
+        Z[order[0], :, F + 1:] = h0
+    else:
+        W[F] -= W_h.sum(axis=0)
+        W[F + 1:] *= 2.0
+        W *= -2.0
+        np.add(h0, 1.0, out=Z[order[0], :, F + 1:])
+        Z[order[0], :, F + 1:] *= 0.5
+    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    u = np.empty((B, H), dtype=dt)
+    state = Z[order[0], :, F + 1:]
+    for k, t in enumerate(order):
+        np.dot(Z[t], W, out=u)  # (np.dot: less call overhead than matmul)
+        if relu:
+            np.maximum(u, 0.0, out=u)
+        else:
+            np.exp(u, out=u)  # overflow to inf gives the limit s = 0
+            u += 1.0
+            np.reciprocal(u, out=u)
+        new = u if mt is None else np.where(mt[t], u, state)
+        if k + 1 < T:
+            state = Z[order[k + 1], :, F + 1:]
+            state[...] = new
+        else:
+            state = new
+    # the outputs: step t's state is in the slot of the step after it, the last one in
+    # ``state``
+    Y = np.empty((B, T, H), dtype=dt)
+    Zh = Z[:, :, F + 1:].transpose(1, 0, 2)
+    if reverse:
+        Y[:, 1:] = Zh[:, :T - 1]
+        Y[:, 0] = state
+    else:
+        Y[:, :T - 1] = Zh[:, 1:]
+        Y[:, T - 1] = state
+    final = np.array(state, copy=True)
+    if not relu:
+        Y *= 2.0
+        Y -= 1.0
+        final *= 2.0
+        final -= 1.0
+    if mt is not None:
+        Y *= mask[:, :, None]
+    cache = ("rnn", Z, state.copy(), mt, reverse, relu) if train else None
+    return Y, [final], cache
+
+
+def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
+                  d_final: np.ndarray | None, need_dx: bool
+                  ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+    _, Z, last, mt, reverse, relu = cache
+    W_x, W_h = params[0], params[1]
+    T, B, FH = Z.shape
+    H = W_h.shape[0]
+    F = FH - 1 - H
+    dt = Z.dtype
+    # dA holds the pre-activation deltas over ``factor``: the derivative is 4 s (1 - s)
+    # (relu: h > 0), with s (relu: h) in the slot of Z after the step's
+    factor = 1.0 if relu else 4.0
+    W_hT = np.ascontiguousarray((W_h * factor).T, dtype=dt)  # (C order: faster GEMMs)
+    dh = _delta_state(d_final, B, H, dt)
+    dA = _time_major_delta(dY, mt, dt)
+    if dA is None:
+        dA = np.zeros((T, B, H), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
+    pass_h = None
+    order = list(_order(T, reverse))
+    for k in range(T - 1, -1, -1):
+        t = order[k]
+        s_t = Z[order[k + 1], :, F + 1:] if k + 1 < T else last
+        da = dA[t]
+        if mt is not None:
+            # padded steps: the state passes through (their outputs' deltas are dropped)
+            pass_h = dh * ~mt[t]
+            dh *= mt[t]
+        da += dh
+        if relu:
+            np.sign(s_t, out=tmp)
+        else:
+            np.subtract(1.0, s_t, out=tmp)
+            tmp *= s_t
+        da *= tmp
+        np.dot(da, W_hT, out=dh)
+        if pass_h is not None:
+            dh += pass_h
+    dA2 = dA.reshape(T * B, H)
+    dWT = dA2.T @ Z.reshape(T * B, FH)  # (H, F + 1 + H): rows for x, the bias, the state
+    dWT *= factor
+    db = dWT[:, F].copy()
+    dW_h = dWT[:, F + 1:].T.copy()
+    if not relu:  # Z holds s = (h + 1) / 2
+        dW_h *= 2.0
+        dW_h -= db
+    grads = [dWT[:, :F].T.copy(), dW_h, db, db.copy()]
+    dx = _batch_major((dA2 @ (W_x * factor).T).reshape(T, B, F)) if need_dx else None
+    return dx, [dh], grads
+
+
+# --------------------------------------------------------------------------------------
+# lstm
+# --------------------------------------------------------------------------------------
+#
+# Every step works on arrays whose gate blocks are contiguous (B, H) blocks: a strided
+# (B, H) slice of a (B, 4H) row costs numpy about three times as much per element op.
+#
+# - Z (time, batch, features + 1 + units) holds each step's [x_t, 1, h_{t-1}], so one
+#   GEMM per step (Z[t] against the stacked weights, bias row included) gives all four
+#   pre-activations at once, gate-major (4, B, H) in PyTorch's order (i, f, g, o),
+#   without a separate input projection to add; backward's one GEMM over Z yields dW_x,
+#   the bias gradient and dW_h together.
+# - The weights are scaled so that one exp gives every gate: s = 1 / (1 + exp(z)) is
+#   sigmoid(a) for z = -a and sigmoid(2a) for z = -2a, and tanh(a) = 2 sigmoid(2a) - 1.
+# - With D = s (1 - s), the derivative of every gate is D up to a constant (4 for g),
+#   which backward folds into its weights instead of spending an op per step on it.
+# - Backward multiplies the deltas by per-gate factors K formed in the forward pass while
+#   the gates are in cache: K_i = D_i g, K_f = D_f c_{t-1}, K_g = D_g i, K_o = D_o
+#   tanh(c_t); i and g are each other's partners, so each pair is one op on a view.
+
+#: the exp's argument is LSTM_SCALE[j] times gate j's pre-activation (i, f, g, o)
+LSTM_SCALE = (-1.0, -1.0, -2.0, -1.0)
+#: d pre-activation of gate j = LSTM_DELTA[j] * (delta times backward factor K_j)
+LSTM_DELTA = (1.0, 1.0, 4.0, 1.0)
+
+
+def _lstm_stacked_weights(params: Sequence[np.ndarray]) -> np.ndarray:
+    """(4, F + 1 + H, H) view: per gate, [W_x; b_x + b_h; W_h] times its exp scale."""
+    W_x, W_h, b_x, b_h = params
+    H = W_h.shape[0]
+    W = np.concatenate([W_x, (b_x + b_h)[None], W_h])
+    W *= np.repeat(np.asarray(LSTM_SCALE, dtype=W.dtype), H)
+    return W.reshape(W.shape[0], 4, H).transpose(1, 0, 2)
+
+
+def _sequence_input(x: np.ndarray, H: int) -> np.ndarray:
+    """Z (time, batch, F + 1 + H): x time-major, a column of ones, room for h_{t-1}."""
+    B, T, F = x.shape
+    Z = np.empty((T, B, F + 1 + H), dtype=x.dtype)
+    Z[:, :, :F] = x.transpose(1, 0, 2)
+    Z[:, :, F] = 1.0
+    return Z
+
+
+def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
+                  states: Sequence[np.ndarray | None], mask: np.ndarray | None,
+                  reverse: bool, train: bool) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    B, T, F = x.shape
+    H = params[1].shape[0]
+    dt = x.dtype
+    W = _lstm_stacked_weights(params)
+    Z = _sequence_input(x, H)
+    order = list(_order(T, reverse))
+    Z[order[0], :, F + 1:] = _zeros_state(states[0], B, H, dt)
+    Y = np.empty((B, T, H), dtype=dt)
+    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    # per step: the gates (i, f, g, o); pairs [c_{t-1}, tanh(c_t)] in two alternating
+    # buffers (c_t is written into the other one's first block)
+    a = np.empty((4, B, H), dtype=dt)
+    pairs = np.empty((2, 2, B, H), dtype=dt)
+    pairs[0, 0] = _zeros_state(states[1], B, H, dt)
+    h = np.empty((B, H), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
+    # the cache: per step the factors K of (i, f, g, o), then o (1 - tanh(c)^2) (carries
+    # dh into dc) and f (carries dc to c_{t-1})
+    K = np.empty((T, 6, B, H), dtype=dt) if train else None
+    i, f, g, o = a[0], a[1], a[2], a[3]
+    h_prev = Z[order[0], :, F + 1:]
+    for k, t in enumerate(order):
+        c_tc = pairs[k % 2]
+        c_prev, tc = c_tc[0], c_tc[1]
+        c_t = pairs[(k + 1) % 2, 0]
+        np.matmul(Z[t], W, out=a)
+        np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
+        a += 1.0
+        np.divide(1.0, a, out=a)  # (faster than np.reciprocal)
+        if train:
+            Kt = K[t]
+            D = Kt[:4]
+            np.subtract(1.0, a, out=D)
+            D *= a
+        g *= 2.0
+        g -= 1.0
+        np.multiply(f, c_prev, out=c_t)
+        np.multiply(i, g, out=tmp)
+        c_t += tmp
+        np.tanh(c_t, out=tc)
+        np.multiply(o, tc, out=h)
+        if train:
+            D[0::2] *= a[2::-2]     # K_i = D_i g, K_g = D_g i
+            D[1::2] *= c_tc         # K_f = D_f c_{t-1}, K_o = D_o tanh(c_t)
+            np.multiply(h, tc, out=Kt[4])
+            np.subtract(o, Kt[4], out=Kt[4])
+            Kt[5] = f
+        if mt is not None:
+            m = mt[t]
+            np.copyto(c_t, c_prev, where=~m)
+            state = np.where(m, h, h_prev)
+            np.multiply(h, m, out=Y[:, t])
+        else:
+            state = h
+            Y[:, t] = h
+        if k + 1 < T:
+            h_prev = Z[order[k + 1], :, F + 1:]
+            h_prev[...] = state
+        else:
+            h_prev = state
+    finals = [np.array(h_prev, copy=True), pairs[T % 2, 0].copy()]
+    cache = ("lstm", Z, K, mt, reverse) if train else None
+    return Y, finals, cache
+
+
+def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
+                   d_finals: Sequence[np.ndarray | None], need_dx: bool
+                   ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+    _, Z, K, mt, reverse = cache
+    W_x, W_h = params[0], params[1]
+    T, B, FH = Z.shape
+    H = W_h.shape[0]
+    F = FH - 1 - H
+    dt = Z.dtype
+    # dA holds the pre-activation deltas (i, f, g, o), those of g over 4 (LSTM_DELTA):
+    # the weights take the 4 instead
+    delta = np.repeat(np.asarray(LSTM_DELTA, dtype=dt), H)
+    dh = _delta_state(d_finals[0], B, H, dt)
+    dc = _delta_state(d_finals[1], B, H, dt)
+    dA = np.empty((T, B, 4 * H), dtype=dt)
+    dYt = _time_major_delta(dY, mt, dt)
+    W_hT = (W_h * delta).astype(dt, copy=False).T
+    tmp = np.empty((B, H), dtype=dt)
+    pass_h = pass_c = None
+    for t in _order(T, not reverse):
+        if dYt is not None:
+            dh += dYt[t]
+        if mt is not None:
+            pass_h = dh * ~mt[t]
+            pass_c = dc * ~mt[t]
+            dh *= mt[t]
+            dc *= mt[t]
+        Kt = K[t]
+        np.multiply(dh, Kt[4], out=tmp)
+        dc += tmp                                                  # d c_t
+        da = dA[t].reshape(B, 4, H)
+        np.multiply(Kt[:3], dc, out=da[:, :3].transpose(1, 0, 2))  # i, f, g
+        np.multiply(dh, Kt[3], out=da[:, 3])                       # o
+        dc *= Kt[5]                                                # d c_{t-1}
+        np.dot(dA[t], W_hT, out=dh)                                # d h_{t-1}
+        if pass_h is not None:
+            dh += pass_h
+            dc += pass_c
+    dA2 = dA.reshape(T * B, 4 * H)
+    dW = Z.reshape(T * B, FH).T @ dA2
+    dW *= delta
+    grads = [dW[:F], dW[F + 1:], dW[F], dW[F].copy()]
+    dx = None
+    if need_dx:
+        dx = _batch_major((dA2 @ (W_x * delta).T).reshape(T, B, F))
+    return dx, [dh, dc], grads
+
+
+def _time_major_delta(dY: np.ndarray | None, mt: np.ndarray | None, dt: Any
+                      ) -> np.ndarray | None:
+    """The output sequence's delta (batch, time, units) as (time, batch, units), so that
+    each step's slice is contiguous; padded steps' outputs are constant zeros, so their
+    deltas are dropped."""
+    if dY is None:
+        return None
+    out = np.empty((dY.shape[1], dY.shape[0], dY.shape[2]), dtype=dt)
+    if mt is None:
+        np.copyto(out, dY.transpose(1, 0, 2))
+    else:
+        np.multiply(dY.transpose(1, 0, 2), mt, out=out)
+    return out
+
+
+def _delta_state(d: np.ndarray | None, B: int, H: int, dt: Any) -> np.ndarray:
+    """A running state delta, starting from the final state's delta (or zeros)."""
+    return np.zeros((B, H), dtype=dt) if d is None else d.astype(dt, copy=True)
 
 
 # --------------------------------------------------------------------------------------

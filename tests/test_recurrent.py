@@ -180,13 +180,14 @@ def test_wrappers_round_trip_through_spec_and_model_file(tmp_path):
 
 
 def test_lstm_cache_is_what_backward_needs():
-    """Per step and sample (float32): x and a 1 for the bias, the four gates' backward
-    factors, f, o (1 - tanh(c)^2) and h; plus h0 once."""
+    """Per step and sample (float32): [x, 1, h_{t-1}] (the GEMM input of the step, which
+    backward's weight gradients need), the four gates' backward factors, o (1 - tanh(c)^2)
+    and f."""
     B, T, F, H = 4, 5, 3, 6
     net = deltaprop.Sequential([deltaprop.create("lstm", units=H, return_sequences=True)],
                                input_shape=(T, F), seed=0)
     net.forward(np.zeros((B, T, F), dtype=np.float32), train=True)
-    assert net.cache_bytes == 4 * (B * T * (F + 1 + 4 * H + 3 * H) + B * H)
+    assert net.cache_bytes == 4 * B * T * (F + 1 + H + 4 * H + 2 * H)
 
 
 # -- bad input ------------------------------------------------------------------------
