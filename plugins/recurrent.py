@@ -305,15 +305,15 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
     # ``state``
     Y = np.empty((B, T, H), dtype=dt)
     Zh = Z[:, :, F + 1:].transpose(1, 0, 2)
+    scale = 1.0 if relu else 2.0  # h = 2 s - 1
     if reverse:
-        Y[:, 1:] = Zh[:, :T - 1]
-        Y[:, 0] = state
+        np.multiply(Zh[:, :T - 1], scale, out=Y[:, 1:])
+        np.multiply(state, scale, out=Y[:, 0])
     else:
-        Y[:, :T - 1] = Zh[:, 1:]
-        Y[:, T - 1] = state
+        np.multiply(Zh[:, 1:], scale, out=Y[:, :T - 1])
+        np.multiply(state, scale, out=Y[:, T - 1])
     final = np.array(state, copy=True)
     if not relu:
-        Y *= 2.0
         Y -= 1.0
         final *= 2.0
         final -= 1.0
@@ -362,14 +362,14 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
         if pass_h is not None:
             dh += pass_h
     dA2 = dA.reshape(T * B, H)
-    dWT = dA2.T @ Z.reshape(T * B, FH)  # (H, F + 1 + H): rows for x, the bias, the state
-    dWT *= factor
-    db = dWT[:, F].copy()
-    dW_h = dWT[:, F + 1:].T.copy()
+    dW = Z.reshape(T * B, FH).T @ dA2  # (F + 1 + H, H): rows for x, the bias, the state
+    dW *= factor
+    db = dW[F]
+    dW_h = dW[F + 1:]
     if not relu:  # Z holds s = (h + 1) / 2
         dW_h *= 2.0
         dW_h -= db
-    grads = [dWT[:, :F].T.copy(), dW_h, db, db.copy()]
+    grads = [dW[:F], dW_h, db, db.copy()]
     dx = _batch_major((dA2 @ (W_x * factor).T).reshape(T, B, F)) if need_dx else None
     return dx, [dh], grads
 
