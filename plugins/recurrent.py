@@ -317,7 +317,7 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
         Y -= 1.0
         final *= 2.0
         final -= 1.0
-    if mt is not None:
+    if mask is not None:
         Y *= mask[:, :, None]
     cache = ("rnn", Z, state.copy(), mt, reverse, relu) if train else None
     return Y, [final], cache
@@ -439,7 +439,7 @@ def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
     tmp = np.empty((B, H), dtype=dt)
     # the cache: per step the factors K of (i, f, g, o), then o (1 - tanh(c)^2) (carries
     # dh into dc) and f (carries dc to c_{t-1})
-    K = np.empty((T, 6, B, H), dtype=dt) if train else None
+    K = np.empty((T if train else 0, 6, B, H), dtype=dt)
     i, f, g, o = a[0], a[1], a[2], a[3]
     h_prev = Z[order[0], :, F + 1:]
     for k, t in enumerate(order):
