@@ -165,9 +165,10 @@ def test_global_avg_pool_matches_torch():
     _rel_close(dx, tx.grad.numpy(), "float64", "input gradient")
 
 
-def test_channels_last_input_from_a_previous_conv_matches_torch():
-    """A conv's output is an NCHW view of channels-last memory; the next conv and pool
-    must read it correctly."""
+def test_channels_first_input_from_a_previous_conv_matches_torch():
+    """A conv's output is an NCHW view of channels-first (C, N, H, W) memory, with the
+    padded width's extra pixels skipped; the next conv and pool must read it
+    correctly."""
     rng = np.random.default_rng(4)
     first = make_layer(Conv2D, [(3, 9, 9)], filters=4, kernel_size=3, padding=1,
                        dtype="float64", algorithm="direct")
