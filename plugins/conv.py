@@ -269,14 +269,14 @@ def direct_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geom
         if b is not None:
             part += b[:, None]
     out = y.reshape(geo.F, n, geo.Ho, grid.Wg)[:, :, :, :geo.Wo].transpose(1, 0, 2, 3)
-    return out, ((grid, xp, W) if keep else None)
+    return out, ((grid, xp) if keep else None)
 
 
-def direct_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bias: bool
-                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+def direct_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bias: bool,
+                    W: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Per chunk: rebuild the columns, dW += g @ columns.T, and (when the input delta is
     wanted) column deltas W.T @ g added back into their windows (col2im)."""
-    grid, xp, W = cache
+    grid, xp = cache
     n = grid.n
     dt = np.result_type(g, W)
     gc = g.transpose(1, 0, 2, 3)                          # (F, N, Ho, Wo)
@@ -357,8 +357,9 @@ def fft_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geometr
     return y.transpose(2, 3, 0, 1), ((X, Wf, n) if keep else None)
 
 
-def fft_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bias: bool
-                 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+def fft_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bias: bool,
+                 W: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(``W`` is unused: the kernels' spectrum is in the cache.)"""
     X, Wf, n = cache
     size = _fft_size(geo)
     gt = g.transpose(2, 3, 0, 1)                          # (Ho, Wo, N, F)
@@ -500,11 +501,13 @@ class Conv2D(Layer):
         y, inner = fwd(x, W4, self.params.get("b"), geo, train)
         return y, ((algorithm, geo, inner) if train else None)
 
-    def _backward4(self, cache: Any, g: np.ndarray, need_x: bool
+    def _backward4(self, cache: Any, g: np.ndarray, W4: np.ndarray, need_x: bool
                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """``W4``: the kernels as 4-D (F, C, kh, kw), read now rather than cached (the
+        optimizer only changes them after backward)."""
         algorithm, geo, inner = cache
         _, bwd = _ALGORITHMS[algorithm]
-        return bwd(inner, g, geo, need_x, self.use_bias)
+        return bwd(inner, g, geo, need_x, self.use_bias, W4)
 
     def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
         (x,) = inputs
@@ -515,7 +518,7 @@ class Conv2D(Layer):
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         need_x = needs_grad is None or bool(needs_grad[0])
-        dx, dW, db = self._backward4(cache, grad_outputs[0], need_x)
+        dx, dW, db = self._backward4(cache, grad_outputs[0], self.params["W"], need_x)
         grads = {"W": dW}
         if db is not None:
             grads["b"] = db
@@ -577,7 +580,8 @@ class Conv1D(Conv2D):
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         need_x = needs_grad is None or bool(needs_grad[0])
-        dx, dW, db = self._backward4(cache, grad_outputs[0][:, :, None, :], need_x)
+        dx, dW, db = self._backward4(cache, grad_outputs[0][:, :, None, :],
+                                     self.params["W"][:, :, None, :], need_x)
         grads = {"W": dW[:, :, 0, :]}
         if db is not None:
             grads["b"] = db
