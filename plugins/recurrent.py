@@ -51,19 +51,6 @@ def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _add_output_delta(dh: np.ndarray, dYt: np.ndarray | None, mt: np.ndarray | None,
-                      t: int, tmp: np.ndarray) -> None:
-    """Add step t's output delta to the running hidden-state delta (masked steps' outputs
-    are constant zeros, so their deltas are dropped)."""
-    if dYt is None:
-        return
-    if mt is not None:
-        np.multiply(dYt[t], mt[t], out=tmp)
-        dh += tmp
-    else:
-        dh += dYt[t]
-
-
 def _previous_states(Y: np.ndarray, h0: np.ndarray, mask: np.ndarray | None,
                      reverse: bool) -> np.ndarray:
     """(time, batch, units): the state each step started from, i.e. the previous step's
@@ -111,44 +98,55 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
     (batch, time) bool or None. Inside, arrays are time-major so that every step's
     slice is contiguous.
     """
-    if cell == "lstm":
-        with np.errstate(over="ignore"):  # exp's overflow is harmless (see below)
+    with np.errstate(over="ignore"):  # exp's overflow is harmless (see each cell)
+        if cell == "lstm":
             return _lstm_forward(x, params, states, mask, reverse, train)
-    if cell == "rnn":
-        with np.errstate(over="ignore"):
+        if cell == "rnn":
             return _rnn_forward(x, params, states[0], mask, reverse, activation, train)
-    W_x, W_h, b_x, b_h = params
+        return _gru_forward(x, params, states[0], mask, reverse, train)
+
+
+def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
+                      d_finals: Sequence[np.ndarray | None], need_dx: bool = True
+                      ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+    """Backpropagation through time for one direction.
+
+    ``dY`` is the delta of the output sequence (batch, time, units) or None, ``d_finals``
+    those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
+    """
+    cell = cache[0]
+    if cell == "lstm":
+        return _lstm_backward(cache, params, dY, d_finals, need_dx)
+    if cell == "rnn":
+        return _rnn_backward(cache, params, dY, d_finals[0], need_dx)
+    return _gru_backward(cache, params, dY, d_finals[0], need_dx)
+
+
+# --------------------------------------------------------------------------------------
+# gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
+# --------------------------------------------------------------------------------------
+
+def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | None,
+                 mask: np.ndarray | None, reverse: bool, train: bool
+                 ) -> tuple[np.ndarray, list[np.ndarray], Any]:
+    """The input projection of every step at once, then one recurrent GEMM per step
+    (the reset gate multiplies the recurrent part alone, so it cannot join the input's
+    GEMM as in rnn and lstm)."""
     B, T, F = x.shape
-    H = W_h.shape[0]
+    H = params[1].shape[0]
     dt = x.dtype
-    h0 = _zeros_state(states[0], B, H, dt)
-    if cell == "gru":
-        W_x, W_h, b_x, b_h = _gru_params(params, H)
-    # the input projection of every step at once, the bias included: the inputs get a
-    # column of ones (then backward's one GEMM over it also yields the bias gradient)
+    h0 = _zeros_state(h0, B, H, dt)
+    W_x, W_h, b_x, b_h = _gru_params(params, H)
+    # the inputs get a column of ones, so the projection includes b_x (b_hn stays inside
+    # the reset gate) and backward's one GEMM over it also yields the bias gradient
     xa = np.empty((T, B, F + 1), dtype=dt)
     xa[:, :, :F] = x.transpose(1, 0, 2)
     xa[:, :, F] = 1.0
     xt = xa.reshape(T * B, F + 1)
-    bias = b_x if cell == "gru" else b_x + b_h  # gru: b_hn stays inside the reset gate
-    P = (xt @ np.vstack([W_x, bias[None]])).reshape(T, B, -1)
-    with np.errstate(over="ignore"):  # exp's overflow is harmless (see above)
-        return _run_steps(cell, x, xt, P, W_h, b_h, h0, states, mask, reverse, activation,
-                          train)
-
-
-def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.ndarray,
-               b_h: np.ndarray, h0: np.ndarray, states: Sequence[np.ndarray | None],
-               mask: np.ndarray | None, reverse: bool, activation: str, train: bool
-               ) -> tuple[np.ndarray, list[np.ndarray], Any]:
-    """The loop over time of ``sequence_forward``."""
-    B, T, _ = x.shape
-    H = W_h.shape[0]
-    dt = x.dtype
+    P = (xt @ np.vstack([W_x, b_x[None]])).reshape(T, B, -1)
     Y = np.empty((T, B, H), dtype=dt)
     mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
     h = h0
-    # gru
     R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
     th = np.empty((B, H), dtype=dt)
@@ -158,7 +156,7 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
         tmp += b_h
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
-        np.exp(rz, out=rz)
+        np.exp(rz, out=rz)  # overflow to inf gives the limit 0
         rz += 1.0
         np.divide(1.0, rz, out=rz)  # (faster than np.reciprocal)
         R[t] = tmp[:, 2 * H:]
@@ -176,37 +174,22 @@ def _run_steps(cell: str, x: np.ndarray, xt: np.ndarray, P: np.ndarray, W_h: np.
         else:
             h = yt
     finals = [h.copy()]
-    cache = (cell, xt, P, R, Y, h0, mt, reverse) if train else None
+    cache = ("gru", xt, P, R, Y, h0, mt, reverse) if train else None
     return _batch_major(Y), finals, cache
 
 
-def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
-                      d_finals: Sequence[np.ndarray | None], need_dx: bool = True
-                      ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
-    """Backpropagation through time for one direction.
-
-    ``dY`` is the delta of the output sequence (batch, time, units) or None, ``d_finals``
-    those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
-    """
-    cell = cache[0]
-    if cell == "lstm":
-        return _lstm_backward(cache, params, dY, d_finals, need_dx)
-    if cell == "rnn":
-        return _rnn_backward(cache, params, dY, d_finals[0], need_dx)
+def _gru_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
+                  d_final: np.ndarray | None, need_dx: bool
+                  ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+    _, xt, P, R, Y, h0, mt, reverse = cache
     W_x, W_h = params[0], params[1]
-    xt = cache[1]
+    T, B, _ = P.shape
     H = W_h.shape[0]
-    T = cache[2].shape[0]
-    B = xt.shape[0] // T
     F = xt.shape[1] - 1  # the last column is the ones of the bias
     dt = xt.dtype
-    _, xt, P, R, Y, h0, mt, reverse = cache
-    dYt = None if dY is None else dY.transpose(1, 0, 2)
-    dh = np.zeros((B, H), dtype=dt) if d_finals[0] is None else d_finals[0].astype(dt, copy=True)
-    order_t = _order(T, not reverse)  # processing order, backwards
+    dYt = _time_major_delta(dY, mt, dt)
+    dh = _delta_state(d_final, B, H, dt)
     pass_h = None
-
-    # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
     W_hT = W_h.T
     Hprev = _previous_states(Y, h0, mt, reverse)
     r = P[:, :, :H]
@@ -220,9 +203,9 @@ def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray |
     h_minus_n = np.subtract(Hprev, n)
     dGx = np.empty_like(P)   # deltas of the input-projection pre-activations
     dGh = np.empty_like(P)   # deltas of h @ W_h + b_h
-    tmp = np.empty((B, H), dtype=dt)
-    for t in order_t:
-        _add_output_delta(dh, dYt, mt, t, tmp)
+    for t in _order(T, not reverse):
+        if dYt is not None:
+            dh += dYt[t]
         if mt is not None:
             pass_h = dh * ~mt[t]
             dh *= mt[t]
