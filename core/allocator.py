@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -30,18 +31,10 @@ MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 #: free bytes at the heap's top before glibc trims it: the largest int mallopt takes
 TRIM_THRESHOLD = 2**31 - 1
 
-_applied: bool | None = None
 
-
+@functools.cache
 def retain_freed_memory() -> bool:
     """Apply the policy once per process; True when glibc accepted it."""
-    global _applied
-    if _applied is None:
-        _applied = _apply()
-    return _applied
-
-
-def _apply() -> bool:
     if os.environ.get("DELTAPROP_RETAIN_MEMORY", "1").strip().lower() in ("0", "false", "no"):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

@@ -108,8 +108,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
         loss = create_loss(train.get("loss", "softmax_cross_entropy"))
         optimizer = build_optimizer(train, args.lr)
     except DeltapropError as exc:
-        source = f"spec file {args.spec!r}" if args.spec else "the default network"
-        raise ConfigError(f"{source}: [train] table: {exc}") from None
+        raise ConfigError(f"{source or 'the default network'}: [train] table: {exc}") from None
     check_data(net, [data.x_test], data.y_test, loss, f"test data of {data.name!r}")
     net.configure(fuse=not args.no_fuse, recompute=args.recompute)
     print(describe(data))
