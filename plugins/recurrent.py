@@ -2,13 +2,12 @@
 the ``bidirectional`` wrapper and the ``time_distributed`` wrapper.
 
 A sequence layer takes ``(batch, time, features)``. Its forward pass loops over time
-with one GEMM per step, writing into preallocated buffers that become the cache: for
-rnn and lstm the GEMM takes the step's input and previous state together,
-``[x_t, 1, h_{t-1}]`` against the stacked weights and bias (see the lstm section); gru
-projects every step's input at once, then adds one recurrent GEMM per step (its reset
-gate needs the recurrent part alone). Backward walks the steps in reverse
-(backpropagation through time), then forms the weight gradients with one GEMM over all
-steps.
+with one GEMM per step, writing into preallocated buffers that become the cache: rnn
+and gru project every step's input at once and add one recurrent GEMM per step; lstm's
+one GEMM per step takes the step's input and previous state together,
+``[x_t, 1, h_{t-1}]``, against the stacked weights and bias (see the lstm section).
+Backward walks the steps in reverse (backpropagation through time), then forms the
+weight gradients with one GEMM over all steps.
 
 Parameters follow PyTorch's layout and gate order so weights can be exchanged:
 ``W_x`` (features, G*units), ``W_h`` (units, G*units), ``b_x`` and ``b_h`` (G*units),
@@ -130,8 +129,7 @@ def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
                  mask: np.ndarray | None, reverse: bool, train: bool
                  ) -> tuple[np.ndarray, list[np.ndarray], Any]:
     """The input projection of every step at once, then one recurrent GEMM per step
-    (the reset gate multiplies the recurrent part alone, so it cannot join the input's
-    GEMM as in rnn and lstm)."""
+    (as rnn; the reset gate multiplies the recurrent part alone)."""
     B, T, F = x.shape
     H = params[1].shape[0]
     dt = x.dtype
@@ -139,13 +137,10 @@ def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
     W_x, W_h, b_x, b_h = _gru_params(params, H)
     # the inputs get a column of ones, so the projection includes b_x (b_hn stays inside
     # the reset gate) and backward's one GEMM over it also yields the bias gradient
-    xa = np.empty((T, B, F + 1), dtype=dt)
-    xa[:, :, :F] = x.transpose(1, 0, 2)
-    xa[:, :, F] = 1.0
-    xt = xa.reshape(T * B, F + 1)
+    xt = _sequence_input(x).reshape(T * B, F + 1)
     P = (xt @ np.vstack([W_x, b_x[None]])).reshape(T, B, -1)
     Y = np.empty((T, B, H), dtype=dt)
-    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    mt = None if mask is None else _time_major_mask(mask)
     h = h0
     R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
@@ -239,121 +234,85 @@ def _gru_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
 def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | None,
                  mask: np.ndarray | None, reverse: bool, activation: str, train: bool
                  ) -> tuple[np.ndarray, list[np.ndarray], Any]:
-    """Elman RNN over Z = [x_t, 1, h_{t-1}] (see the lstm's notes): one GEMM per step.
+    """Elman RNN, as the textbook writes it: the input projection of every step in one
+    GEMM, then per step h_k = act(P_k + h_{k-1} W_h) computed in place in the states
+    buffer S (steps, batch, units), whose slot 0 is h0.
 
-    tanh comes from an exp (numpy's exp is much faster than its tanh): tanh(a) = 2 s - 1
-    with s = 1 / (1 + exp(-2a)). Z keeps s rather than h, since h W_h = s (2 W_h) - 1 W_h
-    folds into the weights and bias; the outputs 2 s - 1 are formed once at the end.
-    The cache is Z alone (and the last state): backward forms each step's derivative
-    from the states Z holds, 1 - h^2 = 4 s (1 - s) (relu: Z keeps h; h > 0). (2 s - 1
-    is exact to about one float epsilon absolute, not relative, for h near 0.)"""
+    Everything is in processing order (k; a reversed layer's step k is time T-1-k), so
+    S[:-1] are the states each step started from and S[1:] its outputs: both are
+    contiguous, for the per-step GEMM, for the derivative in backward and for dW_h. The
+    cache is the inputs with a column of ones (for dW_x and the bias gradient in one
+    GEMM) and S."""
     W_x, W_h, b_x, b_h = params
     B, T, F = x.shape
     H = W_h.shape[0]
     dt = x.dtype
     relu = activation == "relu"
-    Z = _sequence_input(x, H)
-    order = list(_order(T, reverse))
-    h0 = _zeros_state(h0, B, H, dt)
-    W = np.empty((F + 1 + H, H), dtype=dt)
-    W[:F] = W_x
-    np.add(b_x, b_h, out=W[F])
-    W[F + 1:] = W_h
-    if relu:
-        Z[order[0], :, F + 1:] = h0
-    else:
-        W[F] -= W_h.sum(axis=0)
-        W[F + 1:] *= 2.0
-        W *= -2.0
-        np.add(h0, 1.0, out=Z[order[0], :, F + 1:])
-        Z[order[0], :, F + 1:] *= 0.5
-    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    xa = _sequence_input(x[:, ::-1] if reverse else x)
+    Wb = np.empty((F + 1, H), dtype=dt)
+    Wb[:F] = W_x
+    np.add(b_x, b_h, out=Wb[F])
+    S = np.empty((T + 1, B, H), dtype=dt)
+    np.dot(xa.reshape(T * B, F + 1), Wb, out=S[1:].reshape(T * B, H))
+    S[0] = _zeros_state(h0, B, H, dt)
+    mk = None if mask is None else _time_major_mask(mask[:, ::-1] if reverse else mask)
     u = np.empty((B, H), dtype=dt)
-    state = Z[order[0], :, F + 1:]
-    for k, t in enumerate(order):
-        np.dot(Z[t], W, out=u)  # (np.dot: less call overhead than matmul)
+    for k in range(T):
+        h = S[k + 1]
+        np.dot(S[k], W_h, out=u)
+        h += u
         if relu:
-            np.maximum(u, 0.0, out=u)
+            np.maximum(h, 0.0, out=h)
         else:
-            np.exp(u, out=u)  # overflow to inf gives the limit s = 0
-            u += 1.0
-            np.reciprocal(u, out=u)
-        new = u if mt is None else np.where(mt[t], u, state)
-        if k + 1 < T:
-            state = Z[order[k + 1], :, F + 1:]
-            state[...] = new
-        else:
-            state = new
-    # the outputs: step t's state is in the slot of the step after it, the last one in
-    # ``state``
-    Y = np.empty((B, T, H), dtype=dt)
-    Zh = Z[:, :, F + 1:].transpose(1, 0, 2)
-    scale = 1.0 if relu else 2.0  # h = 2 s - 1
-    if reverse:
-        np.multiply(Zh[:, :T - 1], scale, out=Y[:, 1:])
-        np.multiply(state, scale, out=Y[:, 0])
-    else:
-        np.multiply(Zh[:, 1:], scale, out=Y[:, :T - 1])
-        np.multiply(state, scale, out=Y[:, T - 1])
-    final = np.array(state, copy=True)
-    if not relu:
-        Y -= 1.0
-        final *= 2.0
-        final -= 1.0
+            np.tanh(h, out=h)
+        if mk is not None:  # padded steps carry the state through
+            np.copyto(h, S[k], where=~mk[k])
+    Y = _batch_major(S[:0:-1] if reverse else S[1:])
     if mask is not None:
         Y *= mask[:, :, None]
-    cache = ("rnn", Z, state.copy(), mt, reverse, relu) if train else None
-    return Y, [final], cache
+    cache = ("rnn", xa, S, mk, reverse, relu) if train else None
+    return Y, [S[T].copy()], cache
 
 
 def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
                   d_final: np.ndarray | None, need_dx: bool
                   ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
-    _, Z, last, mt, reverse, relu = cache
+    _, xa, S, mk, reverse, relu = cache
     W_x, W_h = params[0], params[1]
-    T, B, FH = Z.shape
+    T, B, F1 = xa.shape
     H = W_h.shape[0]
-    F = FH - 1 - H
-    dt = Z.dtype
-    # dA holds the pre-activation deltas over ``factor``: the derivative is 4 s (1 - s)
-    # (relu: h > 0), with s (relu: h) in the slot of Z after the step's
-    factor = 1.0 if relu else 4.0
-    W_hT = np.ascontiguousarray((W_h * factor).T, dtype=dt)  # (C order: faster GEMMs)
+    dt = xa.dtype
+    W_hT = np.ascontiguousarray(W_h.T, dtype=dt)  # (C order: faster GEMMs)
     dh = _delta_state(d_final, B, H, dt)
-    dA = _time_major_delta(dY, mt, dt)
+    dA = _time_major_delta(dY[:, ::-1] if reverse and dY is not None else dY, mk, dt)
     if dA is None:
         dA = np.zeros((T, B, H), dtype=dt)
     tmp = np.empty((B, H), dtype=dt)
     pass_h = None
-    order = list(_order(T, reverse))
     for k in range(T - 1, -1, -1):
-        t = order[k]
-        s_t = Z[order[k + 1], :, F + 1:] if k + 1 < T else last
-        da = dA[t]
-        if mt is not None:
-            # padded steps: the state passes through (their outputs' deltas are dropped)
-            pass_h = dh * ~mt[t]
-            dh *= mt[t]
+        da = dA[k]
+        if mk is not None:
+            pass_h = dh * ~mk[k]
+            dh *= mk[k]
         da += dh
+        h = S[k + 1]
         if relu:
-            np.sign(s_t, out=tmp)
-        else:
-            np.subtract(1.0, s_t, out=tmp)
-            tmp *= s_t
+            np.sign(h, out=tmp)
+        else:  # 1 - h^2
+            np.multiply(h, h, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
         da *= tmp
         np.dot(da, W_hT, out=dh)
         if pass_h is not None:
             dh += pass_h
     dA2 = dA.reshape(T * B, H)
-    dW = Z.reshape(T * B, FH).T @ dA2  # (F + 1 + H, H): rows for x, the bias, the state
-    dW *= factor
-    db = dW[F]
-    dW_h = dW[F + 1:]
-    if not relu:  # Z holds s = (h + 1) / 2
-        dW_h *= 2.0
-        dW_h -= db
-    grads = [dW[:F], dW_h, db, db.copy()]
-    dx = _batch_major((dA2 @ (W_x * factor).T).reshape(T, B, F)) if need_dx else None
+    dWb = xa.reshape(T * B, F1).T @ dA2  # (features + 1, units): dW_x and the bias's
+    db = dWb[F1 - 1]
+    grads = [dWb[:F1 - 1], S[:T].reshape(T * B, H).T @ dA2, db, db.copy()]
+    dx = None
+    if need_dx:
+        dxk = (dA2 @ W_x.T).reshape(T, B, F1 - 1)
+        dx = _batch_major(dxk[::-1] if reverse else dxk)
     return dx, [dh], grads
 
 
@@ -392,10 +351,11 @@ def _lstm_stacked_weights(params: Sequence[np.ndarray]) -> np.ndarray:
     return W.reshape(W.shape[0], 4, H).transpose(1, 0, 2)
 
 
-def _sequence_input(x: np.ndarray, H: int) -> np.ndarray:
-    """Z (time, batch, F + 1 + H): x time-major, a column of ones, room for h_{t-1}."""
+def _sequence_input(x: np.ndarray, room: int = 0) -> np.ndarray:
+    """(time, batch, F + 1 + room): x time-major, a column of ones (for the bias), then
+    ``room`` columns left for the caller (lstm: h_{t-1})."""
     B, T, F = x.shape
-    Z = np.empty((T, B, F + 1 + H), dtype=x.dtype)
+    Z = np.empty((T, B, F + 1 + room), dtype=x.dtype)
     Z[:, :, :F] = x.transpose(1, 0, 2)
     Z[:, :, F] = 1.0
     return Z
@@ -412,7 +372,7 @@ def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
     order = list(_order(T, reverse))
     Z[order[0], :, F + 1:] = _zeros_state(states[0], B, H, dt)
     Y = np.empty((B, T, H), dtype=dt)
-    mt = None if mask is None else np.ascontiguousarray(mask.T)[:, :, None]
+    mt = None if mask is None else _time_major_mask(mask)
     # per step: the gates (i, f, g, o); pairs [c_{t-1}, tanh(c_t)] in two alternating
     # buffers (c_t is written into the other one's first block)
     a = np.empty((4, B, H), dtype=dt)
@@ -530,6 +490,12 @@ def _time_major_delta(dY: np.ndarray | None, mt: np.ndarray | None, dt: Any
     else:
         np.multiply(dY.transpose(1, 0, 2), mt, out=out)
     return out
+
+
+def _time_major_mask(mask: np.ndarray) -> np.ndarray:
+    """(batch, time) bool to (time, batch, 1), so that each step's mask is contiguous and
+    broadcasts over the units."""
+    return np.ascontiguousarray(mask.T)[:, :, None]
 
 
 def _delta_state(d: np.ndarray | None, B: int, H: int, dt: Any) -> np.ndarray:
