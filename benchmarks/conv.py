@@ -76,7 +76,7 @@ def conv_rows(quick: bool, torch: Any) -> list[dict[str, Any]]:
         if torch is not None:
             candidates["torch"] = _torch_conv_step(torch, x, layers["auto"].params["W"], g,
                                                    k // 2)
-        ms = interleaved_medians(candidates, repeats=3 if quick else 5, warmup=1)
+        ms = interleaved_medians(candidates, repeats=3 if quick else 11, warmup=1)
         rows.append(row("conv2d", f"N{n} {c}->{f} {size}x{size} k{k}", ms,
                         "torch" if torch is not None else "direct", auto_picked=picked))
     return rows
