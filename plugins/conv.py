@@ -199,10 +199,12 @@ class Grid:
 
     @cached_property
     def step(self) -> int:
-        """Images per chunk."""
+        """Images per chunk of the input's columns."""
         geo = self.geo
-        per_image = geo.C * geo.kh * geo.kw * self.pixels * self.itemsize
-        return max(1, min(self.n, CHUNK_BYTES // max(per_image, 1)))
+        return self.images_per_chunk(geo.C * geo.kh * geo.kw * self.pixels)
+
+    def images_per_chunk(self, values_per_image: int) -> int:
+        return max(1, min(self.n, CHUNK_BYTES // max(values_per_image * self.itemsize, 1)))
 
     def padded(self, dtype: Any) -> np.ndarray:
         """A zero (C, N*Hp*Wp + tail) buffer for a padded input or its delta."""
@@ -275,8 +277,12 @@ def direct_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geom
 def direct_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bias: bool,
                     W: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Per chunk: rebuild the columns, dW += g @ columns.T, and (when the input delta is
-    wanted) column deltas W.T @ g added back into their windows (col2im)."""
+    wanted) column deltas W.T @ g added back into their windows (col2im). With stride 1
+    and the input delta wanted, ``_delta_columns_backward`` does the same work with one
+    copy instead of two."""
     grid, xp = cache
+    if need_x and grid.flat:
+        return _delta_columns_backward(grid, xp, g, geo, use_bias, W)
     n = grid.n
     dt = np.result_type(g, W)
     gc = g.transpose(1, 0, 2, 3)                          # (F, N, Ho, Wo)
@@ -310,6 +316,54 @@ def direct_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_
                     np.add(window, by_offset[:, i, j], out=window)
     dx = grid.interior(dxp).transpose(1, 0, 2, 3) if need_x else None
     return dx, np.ascontiguousarray(dWT.T).reshape(W.shape), db
+
+
+def _delta_columns_backward(grid: Grid, xp: np.ndarray, g: np.ndarray, geo: Geometry,
+                            use_bias: bool, W: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Stride 1: columns of the output delta serve both gradients.
+
+    On the flat grid, forward is y[f, p] = sum W[f, c, i, j] xp[c, p + o(i, j)] with
+    o(i, j) = i dh Wp + j dw. So the padded input's delta is a correlation of the delta
+    with the flipped kernels, dxp[c, q] = sum W[f, c, i, j] g[f, q - o(i, j)], and
+    dW[f, c, i, j] = sum over q of g[f, q - o(i, j)] xp[c, q]: both are GEMMs over the
+    same columns g[f, q - o(i, j)], built per chunk with one copy. That replaces the
+    input's columns rebuilt for dW and the scatter-add of column deltas (col2im). The
+    delta lies on the grid with zeros where forward threw pixels away and in the rows
+    below each image's outputs, after ``front`` zeros, so no window reads another
+    image's values."""
+    n, plane = grid.n, grid.plane
+    dt = np.result_type(g, W)
+    front = (geo.KH - 1) * geo.Wp + (geo.KW - 1)
+    gext = np.zeros((geo.F, front + n * plane), dtype=dt)
+    on_grid = gext[:, front:].reshape(geo.F, n, geo.Hp, geo.Wp)
+    on_grid[:, :, :geo.Ho, :geo.Wo] = g.transpose(1, 0, 2, 3)
+    db = on_grid.sum(axis=(1, 2, 3)) if use_bias else None
+    # kernel offset (kh-1-i, kw-1-j) of the columns pairs with W[..., i, j]
+    W_flipped = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dt)
+    W_flipped = W_flipped.reshape(geo.C, -1)
+    item = gext.itemsize
+    windows = as_strided(gext, shape=(geo.F, geo.kh, geo.kw, n, plane),
+                         strides=(gext.strides[0], geo.dh * geo.Wp * item, geo.dw * item,
+                                  plane * item, item))
+    rows = geo.F * geo.kh * geo.kw
+    step = grid.images_per_chunk(rows * plane)
+    buf = np.empty((rows, step * plane), dtype=dt)
+    dxp = np.empty((geo.C, n * plane), dtype=dt)
+    dW = np.zeros((rows, geo.C), dtype=dt)
+    dW_part = np.empty_like(dW)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        cols = buf[:, :(stop - start) * plane]
+        cols.reshape(geo.F, geo.kh, geo.kw, stop - start, plane)[...] = \
+            windows[:, :, :, start:stop]
+        np.matmul(W_flipped, cols, out=dxp[:, start * plane:stop * plane])
+        np.matmul(cols, xp[:, start * plane:stop * plane].T, out=dW_part)
+        dW += dW_part
+    dx = dxp.reshape(geo.C, n, geo.Hp, geo.Wp)[:, :, geo.pt:geo.pt + geo.H,
+                                                geo.pl:geo.pl + geo.W]
+    dW4 = dW.reshape(geo.F, geo.kh, geo.kw, geo.C)[:, ::-1, ::-1].transpose(0, 3, 1, 2)
+    return dx.transpose(1, 0, 2, 3), np.ascontiguousarray(dW4), db
 
 
 # --------------------------------------------------------------------------------------

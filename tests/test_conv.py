@@ -42,28 +42,43 @@ def test_direct_and_fft_agree(shape, config):
         np.testing.assert_allclose(gd[key], gf[key], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_direct_in_several_chunks_with_a_partial_last_one(monkeypatch, stride):
-    """A chunk of columns holds 2 images here, so a batch of 5 ends with a chunk of 1."""
+def _direct_matches_fft_in_chunks_of_two(monkeypatch, shape, config, per_image) -> None:
+    """Chunks sized for 2 images of ``per_image(grid)`` column values (``config`` decides
+    which columns the direct algorithm builds), so a batch of 5 ends with a chunk of 1;
+    direct and fft must agree on every output and gradient."""
     from deltaprop.plugins import conv
 
-    shape, rng = (3, 7, 6), np.random.default_rng(1)
-    config = {"filters": 4, "kernel_size": 3, "padding": "same", "stride": stride,
-              "dtype": "float64"}
+    rng = np.random.default_rng(1)
+    config = {**config, "filters": 4, "dtype": "float64"}
     direct = make_layer(Conv2D, [shape], algorithm="direct", **config)
     fft = make_layer(Conv2D, [shape], algorithm="fft", **config)
     fft.params = {k: v.copy() for k, v in direct.params.items()}
-    geo = direct._geometry(shape)
-    per_image = 3 * 9 * geo.Ho * (geo.Wp if stride == 1 else geo.Wo) * 4
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * per_image)
-    assert conv.Grid(geo, 5).step == 2
+    grid = conv.Grid(direct._geometry(shape), 5, 8)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * per_image(grid) * 8)
+    assert grid.images_per_chunk(per_image(grid)) == 2
     x = rng.standard_normal((5, *shape))
     g = rng.standard_normal((5, *direct.output_shapes[0]))
-    (yd, dxd, gd), (yf, dxf, gf) = _fwd_bwd(direct, x, g), _fwd_bwd(fft, x, g)
-    np.testing.assert_allclose(yd, yf, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dxd, dxf, rtol=1e-10, atol=1e-12)
-    for key in gd:
-        np.testing.assert_allclose(gd[key], gf[key], rtol=1e-10, atol=1e-12)
+    for ours, ref in zip(_fwd_bwd(direct, x, g), _fwd_bwd(fft, x, g), strict=True):
+        for key in ours if isinstance(ours, dict) else [None]:
+            a, b = (ours[key], ref[key]) if key else (ours, ref)
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direct_in_several_chunks_with_a_partial_last_one(monkeypatch, stride):
+    """Forward's columns of the input (C*kh*kw rows; with stride 2 also backward's)."""
+    _direct_matches_fft_in_chunks_of_two(
+        monkeypatch, (3, 7, 6), {"kernel_size": 3, "padding": "same", "stride": stride},
+        lambda grid: 3 * 9 * grid.pixels)
+
+
+def test_delta_columns_backward_in_several_chunks_with_a_partial_last_one(monkeypatch):
+    """Stride 1: backward's columns of the output delta (F*kh*kw rows). Dilation and an
+    even kernel's uneven padding move the windows, which must not read another image's
+    delta."""
+    _direct_matches_fft_in_chunks_of_two(
+        monkeypatch, (3, 7, 6), {"kernel_size": (2, 3), "padding": "same",
+                                 "dilation": (2, 1)}, lambda grid: 4 * 2 * 3 * grid.plane)
 
 
 def test_a_known_correlation_by_hand():
