@@ -49,7 +49,7 @@ def _direct_matches_fft_in_chunks_of_two(monkeypatch, shape, config, per_image) 
     from deltaprop.plugins import conv
 
     rng = np.random.default_rng(1)
-    config = {**config, "filters": 4, "dtype": "float64"}
+    config = {**config, "dtype": "float64"}
     direct = make_layer(Conv2D, [shape], algorithm="direct", **config)
     fft = make_layer(Conv2D, [shape], algorithm="fft", **config)
     fft.params = {k: v.copy() for k, v in direct.params.items()}
@@ -66,9 +66,11 @@ def _direct_matches_fft_in_chunks_of_two(monkeypatch, shape, config, per_image) 
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_direct_in_several_chunks_with_a_partial_last_one(monkeypatch, stride):
-    """Forward's columns of the input (C*kh*kw rows; with stride 2 also backward's)."""
+    """Columns of the input (C*kh*kw rows), forward's and backward's: 7 filters for 3
+    channels keep stride 1's backward off the delta columns."""
     _direct_matches_fft_in_chunks_of_two(
-        monkeypatch, (3, 7, 6), {"kernel_size": 3, "padding": "same", "stride": stride},
+        monkeypatch, (3, 7, 6), {"filters": 7, "kernel_size": 3, "padding": "same",
+                                 "stride": stride},
         lambda grid: 3 * 9 * grid.pixels)
 
 
@@ -77,7 +79,7 @@ def test_delta_columns_backward_in_several_chunks_with_a_partial_last_one(monkey
     even kernel's uneven padding move the windows, which must not read another image's
     delta."""
     _direct_matches_fft_in_chunks_of_two(
-        monkeypatch, (3, 7, 6), {"kernel_size": (2, 3), "padding": "same",
+        monkeypatch, (3, 7, 6), {"filters": 4, "kernel_size": (2, 3), "padding": "same",
                                  "dilation": (2, 1)}, lambda grid: 4 * 2 * 3 * grid.plane)
 
 

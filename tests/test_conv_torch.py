@@ -33,6 +33,9 @@ CONV2D_CASES = [
     ((2, 11, 13), 3, 3, 3, (2, 1), (1, 2), True),
     ((5, 9, 9), 6, 7, 1, 3, 1, True),
     ((3, 5, 5), 2, 5, 1, "valid", 1, True),
+    # more than twice as many filters as channels: direct's backward by input columns
+    ((1, 8, 8), 4, 3, 1, 1, 1, True),
+    ((2, 9, 8), 5, (3, 2), 1, "same", (2, 1), False),
 ]
 
 
