@@ -8,14 +8,17 @@ conv2d computes with one of two algorithms that give the same numbers:
 - ``direct``: im2col + GEMM on a channels-first (C, N, H, W) copy of the padded input,
   a few images at a time so that the columns stay in cache between the copy that
   writes them and the GEMM that reads them: ``W @ cols`` forward, then
-  ``cols @ g.T`` and ``W.T @ g`` followed by a col2im add per kernel offset. With
+  ``cols @ g.T`` and ``W.T @ g`` followed by a col2im add per kernel offset (at stride
+  1 with at most twice as many filters as channels, columns of the delta instead serve
+  both gradients, see :func:`_delta_columns_backward`). With
   stride 1 every output row is computed across the padded width, which turns each
   kernel offset's window into one contiguous run per image (see :class:`Grid`). Only
   the padded input is cached; backward rebuilds the columns chunk by chunk. The output
   is an NCHW view of channels-first memory, so the deltas that come back need no
   transpose either.
-- ``fft``: real 2-D transforms (``scipy.fft.rfft2``) of the padded input, the kernels
-  and the output delta; the sum over channels happens in the frequency domain as a
+- ``fft``: real 2-D transforms (``scipy.fft``, one axis at a time so that all-zero
+  rows and unwanted output rows cost nothing) of the padded input, the kernels and the
+  output delta; the sum over channels happens in the frequency domain as a
   batched complex matrix product (one small GEMM per frequency), then an inverse
   transform. Any dilation is supported (the kernel is zero-stuffed before its
   transform). A stride above 1 is supported by computing the stride-1 result and
@@ -216,14 +219,16 @@ class Grid:
         images = flat[:, :self.n * self.plane].reshape(geo.C, self.n, geo.Hp, geo.Wp)
         return images[:, :, geo.pt:geo.pt + geo.H, geo.pl:geo.pl + geo.W]
 
-    def windows(self, flat: np.ndarray) -> np.ndarray:
-        """The input values each kernel offset meets, as one (C, kh, kw, N, Ho, Wg) view
-        of the padded buffer: [:, i, j, n] are what offset (i, j) meets in image n.
-        Windows of different offsets overlap in memory, those of one offset do not, so
-        col2im may add into ``[:, i, j]`` one offset at a time."""
+    def windows(self, flat: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """The values each kernel offset meets, as one (channels, kh, kw, N, rows, Wg)
+        view of a buffer laid out like the padded input, one plane per image: [:, i, j,
+        n] are what offset (i, j) meets in image n, over ``rows`` grid rows (default
+        Ho). Windows of different offsets overlap in memory, those of one offset do
+        not, so col2im may add into ``[:, i, j]`` one offset at a time."""
         geo = self.geo
         item = flat.itemsize
-        return as_strided(flat, shape=(geo.C, geo.kh, geo.kw, self.n, geo.Ho, self.Wg),
+        rows = geo.Ho if rows is None else rows
+        return as_strided(flat, shape=(flat.shape[0], geo.kh, geo.kw, self.n, rows, self.Wg),
                           strides=(flat.strides[0], geo.dh * geo.Wp * item, geo.dw * item,
                                    self.plane * item, geo.sh * geo.Wp * item, geo.sw * item))
 
@@ -345,10 +350,7 @@ def _delta_columns_backward(grid: Grid, xp: np.ndarray, g: np.ndarray, geo: Geom
     # kernel offset (kh-1-i, kw-1-j) of the columns pairs with W[..., i, j]
     W_flipped = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dt)
     W_flipped = W_flipped.reshape(geo.C, -1)
-    item = gext.itemsize
-    windows = as_strided(gext, shape=(geo.F, geo.kh, geo.kw, n, plane),
-                         strides=(gext.strides[0], geo.dh * geo.Wp * item, geo.dw * item,
-                                  plane * item, item))
+    windows = grid.windows(gext, rows=geo.Hp)  # whole planes: dx for every padded pixel
     rows = geo.F * geo.kh * geo.kw
     step = grid.images_per_chunk(rows * plane)
     buf = np.empty((rows, step * plane), dtype=dt)
@@ -358,7 +360,7 @@ def _delta_columns_backward(grid: Grid, xp: np.ndarray, g: np.ndarray, geo: Geom
     for start in range(0, n, step):
         stop = min(n, start + step)
         cols = buf[:, :(stop - start) * plane]
-        cols.reshape(geo.F, geo.kh, geo.kw, stop - start, plane)[...] = \
+        cols.reshape(geo.F, geo.kh, geo.kw, stop - start, geo.Hp, geo.Wp)[...] = \
             windows[:, :, :, start:stop]
         np.matmul(W_flipped, cols, out=dxp[:, start * plane:stop * plane])
         np.matmul(cols, xp[:, start * plane:stop * plane].T, out=dW_part)
