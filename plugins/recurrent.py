@@ -106,26 +106,29 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
 
 
 def sequence_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
-                      d_finals: Sequence[np.ndarray | None], need_dx: bool = True
-                      ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+                      d_finals: Sequence[np.ndarray | None], need_dx: bool = True,
+                      need_states: bool = True
+                      ) -> tuple[np.ndarray | None, list[Any], list[np.ndarray]]:
     """Backpropagation through time for one direction.
 
     ``dY`` is the delta of the output sequence (batch, time, units) or None, ``d_finals``
-    those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]).
+    those of the final states. Returns (dx, [dh0, (dc0)], [dW_x, dW_h, db_x, db_h]);
+    without ``need_states`` the initial states' deltas are None and the last step's
+    recurrent GEMM, which only they need, is skipped.
     """
     cell = cache[0]
     if cell == "lstm":
-        return _lstm_backward(cache, params, dY, d_finals, need_dx)
+        return _lstm_backward(cache, params, dY, d_finals, need_dx, need_states)
     if cell == "rnn":
-        return _rnn_backward(cache, params, dY, d_finals[0], need_dx)
-    return _gru_backward(cache, params, dY, d_finals[0], need_dx)
+        return _rnn_backward(cache, params, dY, d_finals[0], need_dx, need_states)
+    return _gru_backward(cache, params, dY, d_finals[0], need_dx, need_states)
 
 
 # --------------------------------------------------------------------------------------
 # gru: h' = n + z (h - n), n = tanh(x_n + r (h W_hn + b_hn))
 # --------------------------------------------------------------------------------------
 
-def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | None,
+def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], initial: np.ndarray | None,
                  mask: np.ndarray | None, reverse: bool, train: bool
                  ) -> tuple[np.ndarray, list[np.ndarray], Any]:
     """The input projection of every step at once, then one recurrent GEMM per step
@@ -133,7 +136,7 @@ def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
     B, T, F = x.shape
     H = params[1].shape[0]
     dt = x.dtype
-    h0 = _zeros_state(h0, B, H, dt)
+    h0 = _zeros_state(initial, B, H, dt)
     W_x, W_h, b_x, b_h = _gru_params(params, H)
     # the inputs get a column of ones, so the projection includes b_x (b_hn stays inside
     # the reset gate) and backward's one GEMM over it also yields the bias gradient
@@ -145,10 +148,15 @@ def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
     R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
     th = np.empty((B, H), dtype=dt)
+    zero_h0 = initial is None
     for t in _order(T, reverse):
         a = P[t]
-        np.matmul(h, W_h, out=tmp)
-        tmp += b_h
+        if zero_h0:  # h0 = 0: its product is 0
+            tmp[...] = b_h
+            zero_h0 = False
+        else:
+            np.matmul(h, W_h, out=tmp)
+            tmp += b_h
         rz = a[:, :2 * H]
         rz += tmp[:, :2 * H]
         np.exp(rz, out=rz)  # overflow to inf gives the limit 0
@@ -174,8 +182,8 @@ def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
 
 
 def _gru_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
-                  d_final: np.ndarray | None, need_dx: bool
-                  ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+                  d_final: np.ndarray | None, need_dx: bool, need_states: bool
+                  ) -> tuple[np.ndarray | None, list[Any], list[np.ndarray]]:
     _, xt, P, R, Y, h0, mt, reverse = cache
     W_x, W_h = params[0], params[1]
     T, B, _ = P.shape
@@ -198,6 +206,7 @@ def _gru_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
     h_minus_n = np.subtract(Hprev, n)
     dGx = np.empty_like(P)   # deltas of the input-projection pre-activations
     dGh = np.empty_like(P)   # deltas of h @ W_h + b_h
+    h0_step = T - 1 if reverse else 0  # the step that read h0
     for t in _order(T, not reverse):
         if dYt is not None:
             dh += dYt[t]
@@ -215,6 +224,8 @@ def _gru_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
         gx[:, :H] *= D[t, :, :H]                                     # d r_pre
         gh[:, :2 * H] = gx[:, :2 * H]
         np.multiply(dn, r[t], out=gh[:, 2 * H:])
+        if t == h0_step and not need_states:
+            break  # what is left is h0's delta
         dh *= z[t]
         dh += gh @ W_hT
         if pass_h is not None:
@@ -224,7 +235,7 @@ def _gru_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
     dWx_b = xt.T @ dGx2
     grads = [dWx_b[:F], Hprev.reshape(T * B, H).T @ dGh2, dWx_b[F], dGh2.sum(axis=0)]
     dx = _batch_major((dGx2 @ W_x.T).reshape(T, B, F)) if need_dx else None
-    return dx, [dh], grads
+    return dx, [dh if need_states else None], grads
 
 
 # --------------------------------------------------------------------------------------
@@ -259,8 +270,9 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
     u = np.empty((B, H), dtype=dt)
     for k in range(T):
         h = S[k + 1]
-        np.dot(S[k], W_h, out=u)
-        h += u
+        if k or h0 is not None:  # (a zero h0's product is zero)
+            np.dot(S[k], W_h, out=u)
+            h += u
         if relu:
             np.maximum(h, 0.0, out=h)
         else:
@@ -275,8 +287,8 @@ def _rnn_forward(x: np.ndarray, params: Sequence[np.ndarray], h0: np.ndarray | N
 
 
 def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
-                  d_final: np.ndarray | None, need_dx: bool
-                  ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+                  d_final: np.ndarray | None, need_dx: bool, need_states: bool
+                  ) -> tuple[np.ndarray | None, list[Any], list[np.ndarray]]:
     _, xa, S, mk, reverse, relu = cache
     W_x, W_h = params[0], params[1]
     T, B, F1 = xa.shape
@@ -302,6 +314,8 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
             np.multiply(h, h, out=tmp)
             np.subtract(1.0, tmp, out=tmp)
         da *= tmp
+        if k == 0 and not need_states:
+            break  # what is left is h0's delta
         np.dot(da, W_hT, out=dh)
         if pass_h is not None:
             dh += pass_h
@@ -313,7 +327,7 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
     if need_dx:
         dxk = (dA2 @ W_x.T).reshape(T, B, F1 - 1)
         dx = _batch_major(dxk[::-1] if reverse else dxk)
-    return dx, [dh], grads
+    return dx, [dh if need_states else None], grads
 
 
 # --------------------------------------------------------------------------------------
@@ -385,11 +399,13 @@ def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
     K = np.empty((T if train else 0, 6, B, H), dtype=dt)
     i, f, g, o = a[0], a[1], a[2], a[3]
     h_prev = Z[order[0], :, F + 1:]
+    cols = F + 1 if states[0] is None else F + 1 + H  # (a zero h0's product is zero)
     for k, t in enumerate(order):
         c_tc = pairs[k % 2]
         c_prev, tc = c_tc[0], c_tc[1]
         c_t = pairs[(k + 1) % 2, 0]
-        np.matmul(Z[t], W, out=a)
+        np.matmul(Z[t, :, :cols], W[:, :cols], out=a)
+        cols = F + 1 + H
         np.exp(a, out=a)  # overflow to inf gives the limits 0 and -1
         a += 1.0
         np.divide(1.0, a, out=a)  # (faster than np.reciprocal)
@@ -430,8 +446,8 @@ def _lstm_forward(x: np.ndarray, params: Sequence[np.ndarray],
 
 
 def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | None,
-                   d_finals: Sequence[np.ndarray | None], need_dx: bool
-                   ) -> tuple[np.ndarray | None, list[np.ndarray], list[np.ndarray]]:
+                   d_finals: Sequence[np.ndarray | None], need_dx: bool, need_states: bool
+                   ) -> tuple[np.ndarray | None, list[Any], list[np.ndarray]]:
     _, Z, K, mt, reverse = cache
     W_x, W_h = params[0], params[1]
     T, B, FH = Z.shape
@@ -448,6 +464,7 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
     W_hT = (W_h * delta).astype(dt, copy=False).T
     tmp = np.empty((B, H), dtype=dt)
     pass_h = pass_c = None
+    h0_step = T - 1 if reverse else 0  # the step that read h0 and c0
     for t in _order(T, not reverse):
         if dYt is not None:
             dh += dYt[t]
@@ -462,6 +479,8 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
         da = dA[t].reshape(B, 4, H)
         np.multiply(Kt[:3], dc, out=da[:, :3].transpose(1, 0, 2))  # i, f, g
         np.multiply(dh, Kt[3], out=da[:, 3])                       # o
+        if t == h0_step and not need_states:
+            break  # what is left is the deltas of h0 and c0
         dc *= Kt[5]                                                # d c_{t-1}
         np.dot(dA[t], W_hT, out=dh)                                # d h_{t-1}
         if pass_h is not None:
@@ -474,7 +493,7 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
     dx = None
     if need_dx:
         dx = _batch_major((dA2 @ (W_x * delta).T).reshape(T, B, F))
-    return dx, [dh, dc], grads
+    return dx, ([dh, dc] if need_states else [None, None]), grads
 
 
 def _time_major_delta(dY: np.ndarray | None, mt: np.ndarray | None, dt: Any
@@ -679,7 +698,10 @@ class Recurrent(Layer):
         dY, d_finals = _split_output_grads(grad_outputs, self.return_sequences,
                                            self.return_state, STATES[self.cell])
         need_dx = needs_grad is None or needs_grad[0]
-        dx, d_states, grads = sequence_backward(cache, self._params(), dY, d_finals, need_dx)
+        n = STATES[self.cell]
+        need_states = self.initial_state and (needs_grad is None or any(needs_grad[1:1 + n]))
+        dx, d_states, grads = sequence_backward(cache, self._params(), dY, d_finals, need_dx,
+                                                need_states)
         grad_inputs: list[Any] = [dx]
         if self.initial_state:
             grad_inputs.extend(d_states)
@@ -877,8 +899,12 @@ class Bidirectional(Layer):
             d_ff[0] = g0[:, :H] if d_ff[0] is None else g0[:, :H] + d_ff[0]
             d_fb[0] = g0[:, H:] if d_fb[0] is None else g0[:, H:] + d_fb[0]
         need_dx = needs_grad is None or needs_grad[0]
-        dxf, dsf, gf = sequence_backward(cf, self._params("forward"), dYf, d_ff, need_dx)
-        dxb, dsb, gb = sequence_backward(cb, self._params("backward"), dYb, d_fb, need_dx)
+        need_states = self.initial_state and (needs_grad is None
+                                              or any(needs_grad[1:1 + 2 * n]))
+        dxf, dsf, gf = sequence_backward(cf, self._params("forward"), dYf, d_ff, need_dx,
+                                         need_states)
+        dxb, dsb, gb = sequence_backward(cb, self._params("backward"), dYb, d_fb, need_dx,
+                                         need_states)
         dx = None
         if dxf is not None and dxb is not None:
             dx = dxf

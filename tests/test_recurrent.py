@@ -65,6 +65,42 @@ def test_padding_changes_nothing_and_gets_no_gradient(cell, reverse):
         assert np.any(dx[b, :n] != 0)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_zero_initial_state_shortcuts_change_nothing(cell, reverse):
+    """Without initial-state inputs, forward skips the first step's product with the zero
+    h0 and backward the last step's recurrent GEMM, which only the initial states' deltas
+    need: outputs and every other gradient equal those of explicit zero states."""
+    n = 2 if cell == "lstm" else 1
+    config = dict(units=4, return_sequences=True, return_state=True, use_lengths=True,
+                  reverse=reverse, dtype="float64")
+    plain = make_layer(_cls(cell), [(5, 3), ()], **config)
+    explicit = make_layer(_cls(cell), [(5, 3), *[(4,)] * n, ()], initial_state=True,
+                          **config)
+    for k, v in plain.params.items():
+        explicit.params[k][...] = v
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 3))
+    lengths = np.array([5, 2, 4])
+    zeros = [np.zeros((3, 4))] * n
+    outs, cache = plain.forward((x, lengths), train=True)
+    outs_e, cache_e = explicit.forward((x, *zeros, lengths), train=True)
+    for a, b in zip(outs, outs_e, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    grads = tuple(rng.standard_normal(o.shape) for o in outs)
+    (dx, _), dp = plain.backward(cache, grads)
+    (dx_e, *d_states, _), dp_e = explicit.backward(cache_e, grads)
+    assert all(d is not None and np.any(d != 0) for d in d_states)
+    _, cache_n = explicit.forward((x, *zeros, lengths), train=True)
+    (dx_n, *d_none, _), dp_n = explicit.backward(
+        cache_n, grads, needs_grad=[True, *[False] * n, False])
+    assert d_none == [None] * n
+    for other_dx, other_dp in ((dx_e, dp_e), (dx_n, dp_n)):
+        np.testing.assert_allclose(dx, other_dx, rtol=1e-12, atol=1e-15)
+        for k, g in dp.items():
+            np.testing.assert_allclose(g, other_dp[k], rtol=1e-12, atol=1e-15)
+
+
 def test_float32_in_float32_out():
     for name, shapes in (("rnn", [(4, 3)]), ("lstm", [(4, 3)]), ("gru", [(4, 3)])):
         layer = make_layer(_cls(name), shapes, units=5, return_sequences=True,
