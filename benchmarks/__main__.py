@@ -4,9 +4,11 @@
                          [--json figures.json] [--compare old.json]
 
 A suite is any module of this package with a ``run(quick=False) -> list[dict]``
-function (mlp, memory, and conv, rnn, distributed once those branches are merged),
-run in its own process; each times its candidates with interleaved repetitions
-(shuffled every round) and reports medians and ratios. ``--json`` writes every row
+function (mlp, conv, cnn, rnn, memory, distributed, discovery), run in its own
+process; each times its candidates with interleaved repetitions (shuffled every
+round) and reports medians and the ratio of medians, followed in brackets by the
+quartiles of the round-by-round ratios (how far the ratio moves while the machine's
+speed drifts). ``--json`` writes every row
 plus the machine and versions, so that two versions of deltaprop can be compared
 with ``--compare``.
 """

@@ -16,18 +16,30 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 clock: Callable[[], float] = time.perf_counter
 
 
+class Timings(dict[str, float]):
+    """Median milliseconds per candidate; ``samples`` keeps every round's times, so that
+    ratios can also be taken round by round (paired: both calls ran in the same moment
+    of the machine, whose speed drifts by a fifth between minutes on a shared VM)."""
+
+    def __init__(self, samples: dict[str, list[float]]) -> None:
+        super().__init__({name: float(np.median(v)) for name, v in samples.items()})
+        self.samples = samples
+
+
 def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: int = 20,
-                        warmup: int = 3, min_seconds: float = 0.0) -> dict[str, float]:
+                        warmup: int = 3, min_seconds: float = 0.0,
+                        timer: Callable[[], float] | None = None) -> Timings:
     """Median milliseconds per call of each candidate, run in turn (A B C, C A B, ...)
     so that a slow patch of the machine hits every candidate alike. The order is
     shuffled every round (seeded): a candidate that pollutes the caches (PyTorch's
-    step does) then slows a different successor each time, not always the same one."""
+    step does) then slows a different successor each time, not always the same one.
+    ``timer`` overrides the suite-wide ``clock``."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     start = time.perf_counter()
-    now = clock
+    now = clock if timer is None else timer
     gc_was_enabled = gc.isenabled()
     gc.disable()
     names = list(candidates)
@@ -45,7 +57,7 @@ def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: in
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {name: float(np.median(values)) for name, values in samples.items()}
+    return Timings(samples)
 
 
 def torch_or_none() -> Any:
@@ -59,11 +71,18 @@ def torch_or_none() -> Any:
 
 def row(benchmark: str, case: str, ms: dict[str, float], reference: str,
         **extra: Any) -> dict[str, Any]:
-    """One result row: every candidate's median ms and each one's ratio to ``reference``."""
-    out: dict[str, Any] = {"benchmark": benchmark, "case": case, "ms": ms,
+    """One result row: every candidate's median ms and each one's ratio to ``reference``;
+    from interleaved ``Timings``, also the quartiles of the round-by-round ratios."""
+    out: dict[str, Any] = {"benchmark": benchmark, "case": case, "ms": dict(ms),
                            "reference": reference}
     if reference in ms:
         out["ratio"] = {k: v / ms[reference] for k, v in ms.items() if k != reference}
+    samples = getattr(ms, "samples", None)
+    if samples is not None and reference in samples:
+        ref = np.asarray(samples[reference])
+        out["ratio_quartiles"] = {
+            k: [float(q) for q in np.percentile(np.asarray(v) / ref, [25, 75])]
+            for k, v in samples.items() if k != reference}
     out.update(extra)
     return out
 
@@ -72,7 +91,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         ms = "  ".join(f"{k} {v:8.3f} ms" for k, v in r["ms"].items())
-        ratios = "  ".join(f"{k}/{r['reference']} {v:5.2f}x"
-                           for k, v in r.get("ratio", {}).items())
+        quartiles = r.get("ratio_quartiles", {})
+        ratios = "  ".join(f"{k}/{r['reference']} {v:5.2f}x" + (
+            f" [{quartiles[k][0]:.2f}-{quartiles[k][1]:.2f}]" if k in quartiles else "")
+            for k, v in r.get("ratio", {}).items())
         lines.append(f"{r['benchmark']:<10} {r['case']:<28} {ms}   {ratios}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -47,23 +48,6 @@ def set_threads(n: int | None, torch: Any) -> None:
         blas[0](n)
     if torch is not None:
         torch.set_num_threads(n)
-
-
-def cpu_medians(candidates: dict[str, Any], *, repeats: int = 20, warmup: int = 3
-                ) -> dict[str, float]:
-    """Median CPU milliseconds (process time) per call, candidates in turn."""
-    import time
-
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            t0 = time.process_time()
-            fn()
-            samples[name].append((time.process_time() - t0) * 1e3)
-    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def make_network(cell: str, units: int = HIDDEN, features: int = FEATURES,
@@ -129,7 +113,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         if threads == 1:
             # one thread each: CPU time measures the work even when other jobs share
             # the cores (wall time then measures the queue too)
-            ms = cpu_medians(candidates, repeats=repeats, warmup=2 if quick else 5)
+            ms = interleaved_medians(candidates, repeats=repeats, warmup=2 if quick else 5,
+                                     timer=time.process_time)
             rows.append(row("rnn", f"{case} 1 thread cpu", ms, reference))
         ms = interleaved_medians(candidates, repeats=repeats, warmup=2 if quick else 5)
         label = "1 thread wall" if threads == 1 else "all cores wall"
