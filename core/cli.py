@@ -88,7 +88,8 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
 
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (where the checkpoint is)")
-    for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json")):
+    for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json"),
+                         (args.plot, "--plot")):
         check_writable(path, option)
     data = load_data(args.data)
     if args.spec:
@@ -129,8 +130,10 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
             print(f"no checkpoint in {args.checkpoint!r} yet; starting from the beginning")
         elif args.resume:
             print(f"resuming from {str(checkpoint_path(args.checkpoint))!r}")
+    # --plot's held-out curves are those of the test set, measured after every epoch
+    validation = (data.x_test, data.y_test) if args.plot else None
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
-                      epochs=epochs, batch_size=batch_size, seed=seed,
+                      epochs=epochs, batch_size=batch_size, seed=seed, validation=validation,
                       progress=False if args.no_progress else None,
                       detect_anomaly=args.detect_anomaly, distributed=distributed,
                       bptt=train.get("bptt"), **resumable)
@@ -146,6 +149,13 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     if args.out and writer:
         save(net, args.out)
         print(f"saved {args.out}")
+    if args.plot and writer:
+        from .plot import save_learning_curves
+
+        save_learning_curves(history, args.plot,
+                             title=f"{net.name} on {data.name}, {optimizer.name} "
+                                   f"lr={optimizer.lr}, batch {batch_size}")
+        print(f"learning curves written to {args.plot}")
     if args.metrics_json and writer:
         report = {"test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
                   "final_train_loss": final_loss, "epochs": epochs, "seconds": seconds}
@@ -243,6 +253,9 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="save the trained model to this .npz")
     train.add_argument("--metrics-json", help="write the final metrics to this JSON file")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--plot", metavar="FILE.svg",
+                       help="write the learning curves (loss, and test loss and accuracy "
+                            "after every epoch) to this SVG file")
     train.add_argument("--memory-report", action="store_true",
                        help="list per node the bytes cached for backward and why, and the peak")
     train.add_argument("--no-fuse", action="store_true",
