@@ -94,7 +94,9 @@ def _panel(x0: float, title: str, ylabel: str, series: Sequence[tuple[str, list[
                f'text-anchor="middle">{escape(ylabel)}</text>')
     for k, (name, ys) in enumerate(series):
         color = COLORS[name]
-        points = [(px(i + 1), py(v)) for i, v in enumerate(ys) if math.isfinite(v)]
+        # a shorter series (held-out figures switched on at a resume) is the last epochs
+        first = epochs - len(ys) + 1
+        points = [(px(first + i), py(v)) for i, v in enumerate(ys) if math.isfinite(v)]
         if len(points) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
             out.append(f'<polyline class="{name}" points="{path}" fill="none" '

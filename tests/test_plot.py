@@ -55,6 +55,10 @@ def test_training_loss_alone_one_epoch_and_nan_are_drawn_without_failing(tmp_pat
     assert float(root.get("width")) == PANEL_WIDTH
     assert len(_points(root, "train")) == 2
     assert not [e for e in root.iter(f"{SVG}polyline") if e.get("class") == "accuracy"]
+    resumed = ET.fromstring(learning_curves_svg(History(loss=[0.9, 0.6, 0.5, 0.4],
+                                                        val_loss=[0.7, 0.6])))
+    assert [x for x, _ in _points(resumed, "held-out")] == [x for x, _ in
+                                                            _points(resumed, "train")][2:]
     single = ET.fromstring(learning_curves_svg(History(loss=[0.7], val_accuracy=[0.9])))
     assert not list(single.iter(f"{SVG}polyline"))
     assert len(list(single.iter(f"{SVG}circle"))) == 2
