@@ -101,6 +101,37 @@ def test_zero_initial_state_shortcuts_change_nothing(cell, reverse):
             np.testing.assert_allclose(g, other_dp[k], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("initial_state", [False, True])
+def test_lstm_backward_in_chunks_equals_one_chunk(monkeypatch, reverse, initial_state):
+    """The LSTM's backward forms dW and dx chunk by chunk; chunks of 2 steps over 5 steps
+    (the last one short), with padding, give what one chunk gives."""
+    from deltaprop.plugins import recurrent
+
+    shapes = [(5, 3), *([(4,)] * 2 if initial_state else []), ()]
+    layer = make_layer(_cls("lstm"), shapes, units=4, return_sequences=True,
+                       return_state=True, use_lengths=True, reverse=reverse,
+                       initial_state=initial_state, dtype="float64")
+    rng = np.random.default_rng(3)
+    inputs = (rng.standard_normal((3, 5, 3)),
+              *([rng.standard_normal((3, 4))] * 2 if initial_state else []),
+              np.array([5, 2, 4]))
+    outs, _ = layer.forward(inputs, train=False)
+    grads = tuple(rng.standard_normal(o.shape) for o in outs)
+    results = []
+    for chunk in (5, 2):
+        monkeypatch.setattr(recurrent, "_chunk_steps", lambda T, B, size, c=chunk: c)
+        _, cache = layer.forward(inputs, train=True)
+        results.append(layer.backward(cache, grads))
+    (one_in, one_p), (two_in, two_p) = results
+    for a, b in zip(one_in, two_in, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for k in one_p:
+        np.testing.assert_allclose(one_p[k], two_p[k], rtol=1e-12, atol=1e-14)
+
+
 def test_float32_in_float32_out():
     for name, shapes in (("rnn", [(4, 3)]), ("lstm", [(4, 3)]), ("gru", [(4, 3)])):
         layer = make_layer(_cls(name), shapes, units=5, return_sequences=True,
