@@ -197,6 +197,46 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """The conformance kit (float64 gradient check, and the rules the executor relies
+    on) over installed layers: what a layer package's tests run, with no test to write.
+    Exit status 1 when a case fails."""
+    from .registry import get_registry
+    from .testing import conformance_results, layers_of_distribution
+    from .train import show_progress
+
+    registry = get_registry()
+    if args.distribution:
+        classes = layers_of_distribution(args.distribution)
+        if not classes:
+            raise ConfigError(f"distribution {args.distribution!r} registers no layers "
+                              f"(see `deltaprop layers`)")
+        if args.layers:
+            classes = [c for c in classes if c.name in set(args.layers)]
+    else:
+        classes = [registry.get("layer", name)
+                   for name in (args.layers or registry.names("layer"))]
+    results = conformance_results(classes,
+                                  progress=show_progress(False if args.no_progress else None))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        rows = [{"layer": r.layer, "example": "-" if r.example is None else r.example,
+                 "distribution": registry.provider("layer", r.layer).distribution
+                 if r.layer in registry.names("layer") else "",
+                 "result": "ok" if r.ok else "FAIL", "checks": r.checks,
+                 "max rel grad error": "" if r.max_rel_error is None
+                 else f"{r.max_rel_error:.1e}", "s": f"{r.seconds:.2f}"} for r in results]
+        print(_table(rows, ["layer", "example", "distribution", "result", "checks",
+                            "max rel grad error", "s"]))
+        for r in results:
+            if not r.ok:
+                print(f"FAIL {r.layer} example {r.example}: {r.detail}")
+        failed = sum(not r.ok for r in results)
+        print(f"{len(results)} cases: {len(results) - failed} passed, {failed} failed")
+    return 1 if any(not r.ok for r in results) else 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .registry import get_registry
 
@@ -288,6 +328,14 @@ def make_parser() -> argparse.ArgumentParser:
     layers.add_argument("--kind", default="layer",
                         choices=["layer", "loss", "optimizer", "initializer", "all"])
     layers.set_defaults(func=cmd_layers)
+
+    check = sub.add_parser("check", help="run the conformance kit (gradient check and "
+                                         "protocol rules) on installed layers")
+    check.add_argument("layers", nargs="*", help="layer names (default: every layer)")
+    check.add_argument("--distribution", help="only the layers this distribution registers")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_check)
 
     plugins = sub.add_parser("plugins", help="list plugins, loaded and failed, with why")
     plugins.add_argument("--json", action="store_true")

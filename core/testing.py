@@ -596,6 +596,58 @@ def layer_cases(layer_classes: Iterable[type[Layer]]) -> list[tuple[type[Layer],
     return cases
 
 
+@dataclass
+class CaseResult:
+    """One example of one layer through ``check_conformance``: passed, or why not."""
+
+    layer: str
+    example: int | None  # index in the class's ``examples``; None when it declares none
+    ok: bool
+    detail: str = ""  # the failure, naming the check
+    checks: int = 0  # how many checks passed
+    max_rel_error: float | None = None  # of the float64 gradient check
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def conformance_results(layer_classes: Iterable[type[Layer]], *,
+                        progress: bool = False) -> list[CaseResult]:
+    """Every declared example of ``layer_classes`` through ``check_conformance``. A
+    failure, or any exception a layer raises, is recorded rather than raised, so one
+    broken layer does not hide the others (``deltaprop check`` prints these)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    cases = layer_cases(layer_classes)
+    results = []
+    for cls, example in tqdm(cases, disable=not progress, unit="case", leave=False):
+        index = cls.examples.index(example) if example else None
+        start = time.perf_counter()
+        if not example:
+            results.append(CaseResult(cls.name, None, False, "declares no `examples` "
+                                      "(config and input shapes) to check"))
+            continue
+        try:
+            report = check_conformance(cls, example["input_shapes"],
+                                       bad_input_shapes=example.get("bad_input_shapes", ()),
+                                       **example.get("config", {}))
+        except Exception as exc:  # (a third-party layer may raise anything)
+            detail = str(exc) if isinstance(exc, AssertionError) else (
+                f"{type(exc).__name__}: {exc}")
+            results.append(CaseResult(cls.name, index, False, " ".join(detail.split()),
+                                      seconds=time.perf_counter() - start))
+            continue
+        gradients = report.gradients
+        results.append(CaseResult(
+            cls.name, index, True, checks=len(report.passed),
+            max_rel_error=None if gradients is None else gradients.max_rel_error,
+            seconds=time.perf_counter() - start))
+    return results
+
+
 def layers_of_distribution(distribution: str) -> list[type[Layer]]:
     """The layer classes the installed ``distribution`` registers (through the registry,
     so exactly what a user gets)."""

@@ -52,6 +52,21 @@ def test_layers_and_plugins_listings():
     assert all(p["status"] == "loaded" for p in plugins if p["distribution"] == "deltaprop")
 
 
+def test_check_runs_the_conformance_kit_on_installed_layers():
+    result = deltaprop("check", "dense", "lstm", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert {r["layer"] for r in rows} == {"dense", "lstm"}
+    assert all(r["ok"] and r["checks"] == 8 and r["max_rel_error"] < 1e-6 for r in rows)
+    table = deltaprop("check", "--distribution", "deltaprop", "relu")
+    assert table.returncode == 0, table.stderr
+    assert "relu" in table.stdout and "passed, 0 failed" in table.stdout
+    unknown = deltaprop("check", "dens")
+    assert unknown.returncode == 2 and "did you mean 'dense'" in unknown.stderr
+    nothing = deltaprop("check", "--distribution", "no-such-layers")
+    assert nothing.returncode == 2 and "registers no layers" in nothing.stderr
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ('outputs = ["y"]\n[inputs]\nx = [64]\n[[nodes]]\nname = "y"\nlayer = "dens"\n'
      'inputs = ["x"]\nunits = 10\n', "did you mean 'dense'"),

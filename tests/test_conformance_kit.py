@@ -9,7 +9,7 @@ import pytest
 
 import deltaprop
 from deltaprop import Layer
-from deltaprop.testing import CHECKS, check_conformance
+from deltaprop.testing import CHECKS, check_conformance, conformance_results
 
 pytest_plugins = ["pytester"]
 
@@ -114,6 +114,45 @@ def test_a_conforming_layer_passes_every_check():
     report = check_conformance(Good, [(4,)], factor=2.0)
     assert report.passed == list(CHECKS)
     assert report.gradients is not None and report.gradients.max_rel_error < 1e-6
+
+
+class WrongWeightGradient(Good):
+    name = "kit_wrong_weight_gradient"
+    examples = [{"config": {"factor": 2.0}, "input_shapes": [(4,)]}]
+
+    def backward(self, cache, grad_outputs, *, needs_grad=None):
+        dx, grads = super().backward(cache, grad_outputs)
+        return dx, {"w": grads["w"] * 1.01}
+
+
+class CrashesInForward(Good):
+    name = "kit_crashes_in_forward"
+    examples = [{"config": {}, "input_shapes": [(4,)]}]
+
+    def forward(self, inputs, *, train):
+        raise RuntimeError("unexpected")
+
+
+class Checked(Good):
+    name = "kit_checked"
+    examples = [{"config": {"factor": 2.0}, "input_shapes": [(4,)]},
+                {"config": {}, "input_shapes": [(5,)]}]
+
+
+def test_results_record_each_failure_and_keep_going():
+    """``deltaprop check`` reports every case: a wrong gradient, a crash and a layer
+    without examples fail with what and where, and the good layer's cases still run."""
+    results = conformance_results([WrongWeightGradient, CrashesInForward, Good, Checked])
+    by_layer = {(r.layer, r.example): r for r in results}
+    wrong = by_layer["kit_wrong_weight_gradient", 0]
+    assert not wrong.ok and "'gradients'" in wrong.detail and "param w" in wrong.detail
+    crash = by_layer["kit_crashes_in_forward", 0]
+    assert not crash.ok and "RuntimeError: unexpected" in crash.detail
+    assert not by_layer["kit_good", None].ok
+    assert "declares no" in by_layer["kit_good", None].detail
+    for example in (0, 1):
+        good = by_layer["kit_checked", example]
+        assert good.ok and good.checks == len(CHECKS) and good.max_rel_error < 1e-6
 
 
 def test_unknown_check_names_are_refused():
