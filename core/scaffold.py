@@ -251,6 +251,7 @@ and it can be used by name, in Python (`deltaprop.create("$layer")`) or in a spe
 ```
 pip install -e '.[test]'
 pytest                    # the conformance kit over every layer of this distribution
+deltaprop check --distribution $dist   # the same, as a table
 tox                       # Python $pythons x oldest/newest supported deltaprop
 ```
 
