@@ -55,10 +55,6 @@ def _next_round(step: int) -> int:
     return {1: 2, 2: 5, 5: 10}[lead] * 10 ** zeros
 
 
-def _label(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def _panel(x0: float, title: str, ylabel: str, series: Sequence[tuple[str, list[float]]],
            epochs: int) -> list[str]:
     """One panel: axes, ticks and a polyline (with dots) per named series."""
@@ -84,7 +80,7 @@ def _panel(x0: float, title: str, ylabel: str, series: Sequence[tuple[str, list[
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" '
                    f'stroke="#eee"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                   f'{_label(t)}</text>')
+                   f'{t:.4g}</text>')
     for e in epoch_ticks(epochs):
         out.append(f'<text x="{px(e):.1f}" y="{top + height + 16}" text-anchor="middle">'
                    f'{e}</text>')
