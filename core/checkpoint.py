@@ -266,12 +266,15 @@ class StopFlag:
 @contextlib.contextmanager
 def stop_on_signals(enabled: bool = True) -> Iterator[StopFlag]:
     """Within the block SIGINT and SIGTERM set the yielded flag instead of killing the
-    process (main thread only; elsewhere the flag never sets)."""
+    process (main thread only; elsewhere the flag never sets). A signal the process
+    ignores stays ignored: whoever started it (``nohup``, a shell's background job)
+    asked for that."""
     flag = StopFlag()
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = {sig: signal.signal(sig, flag.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, flag.handle) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield flag
     finally:

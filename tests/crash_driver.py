@@ -63,6 +63,9 @@ def signal_during_save(n: int, signum: int) -> None:
 
 
 if __name__ == "__main__":
+    # as when started from a terminal, even if the test runner ignores SIGINT (a
+    # background job does): deltaprop leaves an ignored signal ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode, n = sys.argv[1], int(sys.argv[2])
     if mode in SIGNALS:
         interrupt_after_step(n, SIGNALS[mode])

@@ -190,6 +190,18 @@ def test_killed_from_outside_at_random_moments(tmp_path, baseline):
 
 # -- in-process: the API, and what a checkpoint refuses -----------------------------------
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """Python's usual handlers for the in-process signal tests, however pytest was
+    started (a background job ignores SIGINT, and deltaprop keeps it ignored)."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 def small_problem(seed: int = 0, n: int = 60):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, 5)).astype(np.float32)
@@ -324,6 +336,19 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
 
 
 # -- divergence: the node at fault, and the last good checkpoint ----------------------------
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    net, x, y = small_problem()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def on_epoch_end(epoch, history):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    history = net.fit(x, y, epochs=2, batch_size=8, seed=0, progress=False,
+                      checkpoint=tmp_path, on_epoch_end=on_epoch_end)
+    assert len(history.loss) == 2  # not interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
 
 def test_divergence_names_the_node_and_keeps_the_last_good_checkpoint(tmp_path):
     net, x, y = small_problem()
