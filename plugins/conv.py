@@ -721,14 +721,14 @@ def _scatter_to_argmax(g: np.ndarray, arg: np.ndarray, geo: Geometry, planes: in
     of the time of ``bincount``, which sums in float64 over every input pixel, and a
     fifth of nine masked adds into strided windows (measured)."""
     size = planes * geo.Hp * geo.Wp
-    index = np.int32 if size < 2**31 else np.int64
+    index = np.dtype(np.int32 if size < 2**31 else np.int64)
     offsets = np.array([i * geo.Wp + j for i in range(geo.kh) for j in range(geo.kw)],
                        dtype=index)
     target = np.take(offsets, arg)
     per_plane = target.reshape(planes, geo.Ho, geo.Wo)
-    per_plane += (np.arange(planes, dtype=index) * index(geo.Hp * geo.Wp))[:, None, None]
-    per_plane += ((np.arange(geo.Ho, dtype=index) * index(geo.sh * geo.Wp))[:, None]
-                  + np.arange(geo.Wo, dtype=index) * index(geo.sw))
+    per_plane += (np.arange(planes, dtype=index) * (geo.Hp * geo.Wp))[:, None, None]
+    per_plane += ((np.arange(geo.Ho, dtype=index) * (geo.sh * geo.Wp))[:, None]
+                  + np.arange(geo.Wo, dtype=index) * geo.sw)
     sums = np.zeros(size, dtype=g.dtype)
     np.add.at(sums, target.ravel(), g.ravel())
     return sums.reshape(*g.shape[:2], geo.Hp, geo.Wp)
