@@ -149,12 +149,10 @@ def _gru_forward(x: np.ndarray, params: Sequence[np.ndarray], initial: np.ndarra
     R = np.empty((T, B, H), dtype=dt)  # h @ W_hn + b_hn of each step, for the reset gate
     tmp = np.empty((B, 3 * H), dtype=dt)
     th = np.empty((B, H), dtype=dt)
-    zero_h0 = initial is None
-    for t in _order(T, reverse):
+    for k, t in enumerate(_order(T, reverse)):
         a = P[t]
-        if zero_h0:  # h0 = 0: its product is 0
+        if k == 0 and initial is None:  # (a zero h0's product is zero)
             tmp[...] = b_h
-            zero_h0 = False
         else:
             np.matmul(h, W_h, out=tmp)
             tmp += b_h
@@ -720,8 +718,7 @@ class Recurrent(Layer):
         dY, d_finals = _split_output_grads(grad_outputs, self.return_sequences,
                                            self.return_state, STATES[self.cell])
         need_dx = needs_grad is None or needs_grad[0]
-        n = STATES[self.cell]
-        need_states = self.initial_state and (needs_grad is None or any(needs_grad[1:1 + n]))
+        need_states = _state_deltas_wanted(self.initial_state, needs_grad, STATES[self.cell])
         dx, d_states, grads = sequence_backward(cache, self._params(), dY, d_finals, need_dx,
                                                 need_states)
         grad_inputs: list[Any] = [dx]
@@ -735,6 +732,14 @@ class Recurrent(Layer):
     def sample_inputs(cls, rng: np.random.Generator, input_shapes: Sequence[Shape],
                       batch: int, dtype: str) -> list[np.ndarray]:
         return _sample_sequence_inputs(rng, input_shapes, batch, dtype)
+
+
+def _state_deltas_wanted(initial_state: bool, needs_grad: Sequence[bool] | None,
+                         n_states: int) -> bool:
+    """Whether backward must go on to the initial states' deltas: only initial-state
+    inputs (after the sequence, ``n_states`` of them) take them, and only when the
+    executor keeps them."""
+    return initial_state and (needs_grad is None or any(needs_grad[1:1 + n_states]))
 
 
 def _split_output_grads(grad_outputs: Sequence[np.ndarray], return_sequences: bool,
@@ -921,8 +926,7 @@ class Bidirectional(Layer):
             d_ff[0] = g0[:, :H] if d_ff[0] is None else g0[:, :H] + d_ff[0]
             d_fb[0] = g0[:, H:] if d_fb[0] is None else g0[:, H:] + d_fb[0]
         need_dx = needs_grad is None or needs_grad[0]
-        need_states = self.initial_state and (needs_grad is None
-                                              or any(needs_grad[1:1 + 2 * n]))
+        need_states = _state_deltas_wanted(self.initial_state, needs_grad, 2 * n)
         dxf, dsf, gf = sequence_backward(cf, self._params("forward"), dYf, d_ff, need_dx,
                                          need_states)
         dxb, dsb, gb = sequence_backward(cb, self._params("backward"), dYb, d_fb, need_dx,
