@@ -212,7 +212,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise ConfigError(f"distribution {args.distribution!r} registers no layers "
                               f"(see `deltaprop layers`)")
         if args.layers:
-            classes = [c for c in classes if c.name in set(args.layers)]
+            wanted = set(args.layers)
+            classes = [c for c in classes if c.name in wanted]
     else:
         classes = [registry.get("layer", name)
                    for name in (args.layers or registry.names("layer"))]
@@ -221,9 +222,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
+        installed = set(registry.names("layer"))
         rows = [{"layer": r.layer, "example": "-" if r.example is None else r.example,
                  "distribution": registry.provider("layer", r.layer).distribution
-                 if r.layer in registry.names("layer") else "",
+                 if r.layer in installed else "",
                  "result": "ok" if r.ok else "FAIL", "checks": r.checks,
                  "max rel grad error": "" if r.max_rel_error is None
                  else f"{r.max_rel_error:.1e}", "s": f"{r.seconds:.2f}"} for r in results]
