@@ -101,6 +101,35 @@ def test_zero_initial_state_shortcuts_change_nothing(cell, reverse):
             np.testing.assert_allclose(g, other_dp[k], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_output_sequence_is_a_view_that_cannot_corrupt_backward(cell):
+    """The output sequence is a batch-major view of a time-major buffer (no copy). Where
+    that buffer is part of the cache (rnn, gru) the view is read-only in training, so
+    writing into an output raises instead of changing the gradients; the lstm's buffer is
+    not cached, so its output stays writable and writing into it changes nothing."""
+    layer = make_layer(_cls(cell), [(5, 3)], units=4, return_sequences=True,
+                       dtype="float64")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 3))
+    dy = rng.standard_normal((2, 5, 4))
+    (y,), cache = layer.forward((x,), train=True)
+    expected = layer.forward((x,), train=False)[0][0].copy()
+    np.testing.assert_allclose(y, expected, rtol=1e-12)
+    assert not y.flags.c_contiguous and y.shape == (2, 5, 4)
+    (dx, ), grads = layer.backward(cache, (dy,))
+    assert dx.shape == x.shape
+    (y, ), cache = layer.forward((x,), train=True)
+    if cell == "lstm":
+        y[...] = 7.0
+    else:
+        with pytest.raises(ValueError, match="read-only"):
+            y[...] = 7.0
+    (dx2, ), grads2 = layer.backward(cache, (dy,))
+    np.testing.assert_array_equal(dx, dx2)
+    for k, g in grads.items():
+        np.testing.assert_array_equal(g, grads2[k])
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("initial_state", [False, True])
 def test_lstm_backward_in_chunks_equals_one_chunk(monkeypatch, reverse, initial_state):
