@@ -99,10 +99,10 @@ def sequence_forward(cell: str, x: np.ndarray, params: Sequence[np.ndarray],
                      ) -> tuple[np.ndarray, list[np.ndarray], Any]:
     """Run one direction of a cell over ``x`` (batch, time, features).
 
-    Returns the output sequence (batch, time, units; zeros at padded steps), the final
-    states (h, and c for lstm) and the cache (None unless ``train``). ``mask`` is
-    (batch, time) bool or None. Inside, arrays are time-major so that every step's
-    slice is contiguous.
+    Returns the output sequence (batch, time, units; zeros at padded steps; a view of a
+    time-major buffer, see ``_batch_major``), the final states (h, and c for lstm) and
+    the cache (None unless ``train``). ``mask`` is (batch, time) bool or None. Inside,
+    arrays are time-major so that every step's slice is contiguous.
     """
     with np.errstate(over="ignore"):  # exp's overflow is harmless (see each cell)
         if cell == "lstm":
