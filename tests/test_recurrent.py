@@ -116,15 +116,15 @@ def test_output_sequence_is_a_view_that_cannot_corrupt_backward(cell):
     expected = layer.forward((x,), train=False)[0][0].copy()
     np.testing.assert_allclose(y, expected, rtol=1e-12)
     assert not y.flags.c_contiguous and y.shape == (2, 5, 4)
-    (dx, ), grads = layer.backward(cache, (dy,))
+    (dx,), grads = layer.backward(cache, (dy,))
     assert dx.shape == x.shape
-    (y, ), cache = layer.forward((x,), train=True)
+    (y,), cache = layer.forward((x,), train=True)
     if cell == "lstm":
         y[...] = 7.0
     else:
         with pytest.raises(ValueError, match="read-only"):
             y[...] = 7.0
-    (dx2, ), grads2 = layer.backward(cache, (dy,))
+    (dx2,), grads2 = layer.backward(cache, (dy,))
     np.testing.assert_array_equal(dx, dx2)
     for k, g in grads.items():
         np.testing.assert_array_equal(g, grads2[k])
