@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall time (default) or this process's CPU time")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one suite, JSON rows out
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and not args.child and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1: with more threads, the process's CPU "
+                     "time adds up every thread, those that only spin too")
     common.clock = common.CLOCKS[args.clock]
     if args.child:
         print(json.dumps(run_one(args.child, args.quick)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,14 @@ import numpy as np
 #: not inflate (meaningful with one BLAS thread, see ``--threads``)
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 clock: Callable[[], float] = time.perf_counter
+#: untimed running before each timed call when each library runs several threads (see
+#: ``interleaved_medians``)
+SETTLE_SECONDS = 0.15
+
+
+def one_thread_each() -> bool:
+    """Whether the suites run with one BLAS/OpenMP thread per library (``--threads 1``)."""
+    return os.environ.get("DELTAPROP_BENCH_THREADS") == "1" or (os.cpu_count() or 1) == 1
 
 
 class Timings(dict[str, float]):
@@ -28,12 +37,20 @@ class Timings(dict[str, float]):
 
 def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: int = 20,
                         warmup: int = 3, min_seconds: float = 0.0,
+                        settle_seconds: float | None = None,
                         timer: Callable[[], float] | None = None) -> Timings:
     """Median milliseconds per call of each candidate, run in turn (A B C, C A B, ...)
     so that a slow patch of the machine hits every candidate alike. The order is
     shuffled every round (seeded): a candidate that pollutes the caches (PyTorch's
     step does) then slows a different successor each time, not always the same one.
-    ``timer`` overrides the suite-wide ``clock``."""
+    ``timer`` overrides the suite-wide ``clock``.
+
+    Each turn first runs its candidate untimed for ``settle_seconds`` (default: none with
+    one thread per library, else ``SETTLE_SECONDS``). Idle OpenBLAS and OpenMP threads
+    keep spinning for a while after their last call, so right after the other library's
+    turn a candidate shares the cores with them: unsettled, the LSTM step on two cores
+    took 32.7 ms here against 28.1 ms settled, PyTorch's 42.1 against 21.1 ms, which
+    turned a 1.33x into a 0.78x."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -44,12 +61,17 @@ def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: in
     gc.disable()
     names = list(candidates)
     order = np.random.default_rng(0)
+    if settle_seconds is None:
+        settle_seconds = 0.0 if one_thread_each() else SETTLE_SECONDS
     try:
         rounds = 0
         while rounds < repeats or time.perf_counter() - start < min_seconds:
             for i in order.permutation(len(names)):
                 name = names[i]
                 fn = candidates[name]
+                settled = time.perf_counter() + settle_seconds
+                while time.perf_counter() < settled:
+                    fn()
                 t0 = now()
                 fn()
                 samples[name].append((now() - t0) * 1e3)
