@@ -110,17 +110,17 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             candidates["torch"] = torch_step
         reference = "torch" if torch is not None else "deltaprop"
         case = f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b"
+        timing: dict[str, Any] = {
+            "repeats": repeats, "warmup": 2 if quick else 5,
+            "settle_seconds": 0.0 if threads == 1 else SETTLE_SECONDS}
         if threads == 1:
             # one thread each: CPU time measures the work even when other jobs share
             # the cores (wall time then measures the queue too)
-            ms = interleaved_medians(candidates, repeats=repeats, warmup=2 if quick else 5,
-                                     settle_seconds=0.0, timer=time.process_time)
+            ms = interleaved_medians(candidates, timer=time.process_time, **timing)
             rows.append(row("rnn", f"{case} 1 thread cpu", ms, reference))
         # wall time whatever ``--clock`` says: with several threads the process's CPU
         # time adds up every thread, those that only spin too
-        ms = interleaved_medians(candidates, repeats=repeats, warmup=2 if quick else 5,
-                                 settle_seconds=0.0 if threads == 1 else SETTLE_SECONDS,
-                                 timer=time.perf_counter)
+        ms = interleaved_medians(candidates, timer=time.perf_counter, **timing)
         label = "1 thread wall" if threads == 1 else "all cores wall"
         rows.append(row("rnn", f"{case} {label}", ms, reference))
     set_threads(None, torch)
