@@ -173,7 +173,9 @@ def speedup_table(networks: dict[str, dict[str, float]]) -> str:
 
 
 # -- driver -----------------------------------------------------------------------------------
-def _python_env() -> dict[str, str]:
+def one_thread_env() -> dict[str, str]:
+    """This environment with one BLAS/OpenMP thread per process and this checkout on the
+    path: what every rank of a benchmark job runs with."""
     root = str(Path(__file__).resolve().parent.parent)
     return {**os.environ, **ONE_THREAD,
             "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -190,7 +192,7 @@ def launch(ranks: int, mode: str, samples: int, global_batch: int = GLOBAL_BATCH
                str(global_batch)]
     if mode == "distributed":
         command = [mpiexec(), "-n", str(ranks), *command]
-    proc = subprocess.run(command, capture_output=True, text=True, env=_python_env(),
+    proc = subprocess.run(command, capture_output=True, text=True, env=one_thread_env(),
                           timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
@@ -246,7 +248,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def _compute_subprocess() -> dict[str, dict[str, float]]:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.distributed", "--compute"],
-                          capture_output=True, text=True, env=_python_env(), timeout=600,
+                          capture_output=True, text=True, env=one_thread_env(), timeout=600,
                           check=True)
     return json.loads(proc.stdout.splitlines()[-1])
 

@@ -5,11 +5,18 @@ cache an LSTM keeps per time step.
     python -m benchmarks.rnn [--quick]
 
 Case of the issue: T=32, batch 64, 64 input features, 128 hidden units, float32.
+
+Rows, per cell: one thread each (CPU time and wall clock); all cores in one process
+(OpenBLAS's threads against PyTorch's); and all cores as deltaprop uses them, data
+parallel over MPI ranks (``--distributed``): two ranks of one thread each, half the
+batch each, the gradients allreduced, against PyTorch's threads on the whole batch.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -17,16 +24,23 @@ from typing import Any
 import numpy as np
 
 import deltaprop
-from benchmarks.common import SETTLE_SECONDS, format_rows, interleaved_medians, row, torch_or_none
+from benchmarks.common import (
+    SETTLE_SECONDS,
+    Timings,
+    format_rows,
+    interleaved_medians,
+    row,
+    torch_or_none,
+)
 
 T, BATCH, FEATURES, HIDDEN = 32, 64, 64, 128
+CELLS = ("rnn", "lstm", "gru")
 
 
 def _openblas() -> Any:
     """numpy's bundled OpenBLAS through ctypes (to set its thread count), or None."""
     import ctypes
     import glob
-    import os
 
     libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "*openblas*"))
     for path in libs:
@@ -84,30 +98,42 @@ def lstm_cache_report(batch: int = BATCH, units: int = HIDDEN, features: int = F
             "explained_per_sample": sum(breakdown.values()), "breakdown": breakdown}
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def torch_step(torch: Any, cell: str, x: np.ndarray, grad: np.ndarray) -> Any:
+    """PyTorch's forward plus backward of the same cell over the same sequence."""
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM,
+              "gru": torch.nn.GRU}[cell](FEATURES, HIDDEN, batch_first=True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gt = torch.from_numpy(grad)
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        xt.grad = None
+        out, _ = module(xt)
+        out.backward(gt)
+
+    return step
+
+
+def sequences() -> tuple[np.ndarray, np.ndarray]:
+    """The case's input sequence and output delta, the same in every process."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, T, FEATURES)).astype(np.float32)
     grad = rng.standard_normal((BATCH, T, HIDDEN)).astype(np.float32)
+    return x, grad
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    x, grad = sequences()
     torch = torch_or_none()
     rows = []
     repeats = 5 if quick else 30
-    for threads, cell in [(t, c) for t in (1, None) for c in ("rnn", "lstm", "gru")]:
+    for threads, cell in [(t, c) for t in (1, None) for c in CELLS]:
         set_threads(threads, torch)
         net = make_network(cell)
-        candidates = {"deltaprop": lambda net=net: deltaprop_step(net, x, grad)}
+        candidates: dict[str, Any] = {
+            "deltaprop": lambda net=net: deltaprop_step(net, x, grad)}
         if torch is not None:
-            module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM,
-                      "gru": torch.nn.GRU}[cell](FEATURES, HIDDEN, batch_first=True)
-            xt = torch.from_numpy(x).requires_grad_(True)
-            gt = torch.from_numpy(grad)
-
-            def torch_step(module: Any = module, xt: Any = xt, gt: Any = gt) -> None:
-                module.zero_grad(set_to_none=True)
-                xt.grad = None
-                out, _ = module(xt)
-                out.backward(gt)
-
-            candidates["torch"] = torch_step
+            candidates["torch"] = torch_step(torch, cell, x, grad)
         reference = "torch" if torch is not None else "deltaprop"
         case = f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b"
         timing: dict[str, Any] = {
@@ -124,14 +150,127 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         label = "1 thread wall" if threads == 1 else "all cores wall"
         rows.append(row("rnn", f"{case} {label}", ms, reference))
     set_threads(None, torch)
+    rows.extend(data_parallel_rows(repeats))
     cache = lstm_cache_report()
     rows.append({"benchmark": "rnn", "case": "lstm cache", "ms": {}, "reference": "",
                  **cache})
     return rows
 
 
+def data_parallel_rows(repeats: int, ranks: int = 2) -> list[dict[str, Any]]:
+    """The 'ranks' rows, from an MPI job of ``ranks`` processes (none without mpi4py or
+    with fewer cores than ranks)."""
+    from benchmarks.distributed import mpiexec, one_thread_env
+    from deltaprop.distributed import mpi_available
+
+    if not mpi_available() or (os.cpu_count() or 1) < ranks:
+        return []
+    command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "benchmarks.rnn",
+               "--ranks-job", str(repeats)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=one_thread_env(),
+                          timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    return list(json.loads(lines[-1][len("RESULT "):]))
+
+
+def ranks_job(repeats: int) -> list[dict[str, Any]]:
+    """One process of the data-parallel rows (under mpiexec; rank 0 returns the rows).
+
+    Each rank runs the cell on its half of the batch with one BLAS thread and the
+    gradients are summed by the same polled allreduce ``fit`` uses. Rank 0 alternates, in
+    shuffled order, a step of both ranks (lined up by a barrier, timed on rank 0 up to the
+    allreduce's end) with a step of PyTorch on all cores over the whole batch, during
+    which the other ranks sleep rather than spin, so that PyTorch has every core."""
+    from deltaprop.distributed import Distributed, FlatLayout
+
+    dist = Distributed(timeout=600)
+    torch = torch_or_none() if dist.is_root else None
+    if torch is not None:
+        torch.set_num_threads(os.cpu_count() or 1)
+    x, grad = sequences()
+    mine = dist.shard(np.arange(BATCH))
+    xs, gs = x[mine], grad[mine]
+    command = np.zeros(2, dtype=np.int64)  # (0 stop | 1 step, untimed steps first)
+
+    def receive_command() -> None:
+        # sleeping between polls: while PyTorch runs, this rank must leave the cores alone
+        dist.wait(dist.comm.Ibcast(command, root=0), "benchmark command", spin=0.0,
+                  nap=5e-4)
+
+    rows = []
+    order = np.random.default_rng(0)
+    for cell in CELLS:
+        net = make_network(cell)
+        deltaprop_step(net, xs, gs)
+        layout = FlatLayout(net.grads)
+        flat = layout.empty()
+
+        def step(net: Any = net, layout: Any = layout, flat: np.ndarray = flat) -> None:
+            deltaprop_step(net, xs, gs)
+            dist.allreduce_sum(layout.pack(net.grads, out=flat), "gradient allreduce")
+
+        def timed_step(settle: int, step: Any = step) -> float:
+            for _ in range(settle):
+                step()
+            dist.comm.Barrier()
+            t0 = time.perf_counter()
+            step()
+            return (time.perf_counter() - t0) * 1e3
+
+        if not dist.is_root:
+            while True:
+                receive_command()
+                if command[0] == 0:
+                    break
+                timed_step(int(command[1]))
+            continue
+        candidates: dict[str, Any] = {"deltaprop": None}
+        if torch is not None:
+            candidates["torch"] = torch_step(torch, cell, x, grad)
+        t0 = time.perf_counter()
+        deltaprop_step(net, xs, gs)  # alone: the other ranks wait for a command
+        settle = max(1, round(SETTLE_SECONDS / (time.perf_counter() - t0)))
+        samples: dict[str, list[float]] = {name: [] for name in candidates}
+        for _ in range(repeats + 3):  # the first three rounds warm up
+            for i in order.permutation(len(candidates)):
+                name = list(candidates)[i]
+                if name == "deltaprop":
+                    command[:] = (1, settle)
+                    receive_command()
+                    ms = timed_step(settle)
+                else:
+                    ms = _settled_call_ms(candidates[name])
+                samples[name].append(ms)
+        command[:] = (0, 0)
+        receive_command()
+        timings = Timings({k: v[3:] for k, v in samples.items()})
+        case = f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b"
+        rows.append(row("rnn", f"{case} {dist.size} ranks wall", timings,
+                        "torch" if torch is not None else "deltaprop",
+                        note=f"deltaprop: {dist.size} MPI ranks of one thread, batch "
+                             f"{len(mine)} each; torch: {os.cpu_count()} threads"))
+    return rows
+
+
+def _settled_call_ms(fn: Any) -> float:
+    """Wall milliseconds of one call, after running it untimed for ``SETTLE_SECONDS``."""
+    settled = time.perf_counter() + SETTLE_SECONDS
+    while time.perf_counter() < settled:
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--ranks-job" in argv:
+        rows = ranks_job(int(argv[argv.index("--ranks-job") + 1]))
+        if rows:
+            print("RESULT " + json.dumps(rows), flush=True)
+        return 0
     rows = run(quick="--quick" in argv)
     timed = [r for r in rows if r["ms"]]
     print(format_rows(timed))
