@@ -68,18 +68,24 @@ def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: in
         while rounds < repeats or time.perf_counter() - start < min_seconds:
             for i in order.permutation(len(names)):
                 name = names[i]
-                fn = candidates[name]
-                settled = time.perf_counter() + settle_seconds
-                while time.perf_counter() < settled:
-                    fn()
-                t0 = now()
-                fn()
-                samples[name].append((now() - t0) * 1e3)
+                samples[name].append(settled_call_ms(candidates[name], settle_seconds, now))
             rounds += 1
     finally:
         if gc_was_enabled:
             gc.enable()
     return Timings(samples)
+
+
+def settled_call_ms(fn: Callable[[], Any], settle_seconds: float = SETTLE_SECONDS,
+                    now: Callable[[], float] = time.perf_counter) -> float:
+    """Milliseconds of one call of ``fn`` by ``now``, after running it untimed for
+    ``settle_seconds`` (see ``interleaved_medians``)."""
+    settled = time.perf_counter() + settle_seconds
+    while time.perf_counter() < settled:
+        fn()
+    t0 = now()
+    fn()
+    return (now() - t0) * 1e3
 
 
 def torch_or_none() -> Any:

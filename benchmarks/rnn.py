@@ -14,6 +14,7 @@ batch each, the gradients allreduced, against PyTorch's threads on the whole bat
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from benchmarks.common import (
     format_rows,
     interleaved_medians,
     row,
+    settled_call_ms,
     torch_or_none,
 )
 
@@ -99,7 +101,8 @@ def lstm_cache_report(batch: int = BATCH, units: int = HIDDEN, features: int = F
 
 
 def torch_step(torch: Any, cell: str, x: np.ndarray, grad: np.ndarray) -> Any:
-    """PyTorch's forward plus backward of the same cell over the same sequence."""
+    """PyTorch's forward plus backward of the same cell over the same sequence; the
+    module is the step's ``module`` attribute."""
     module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM,
               "gru": torch.nn.GRU}[cell](FEATURES, HIDDEN, batch_first=True)
     xt = torch.from_numpy(x).requires_grad_(True)
@@ -111,7 +114,12 @@ def torch_step(torch: Any, cell: str, x: np.ndarray, grad: np.ndarray) -> Any:
         out, _ = module(xt)
         out.backward(gt)
 
+    step.module = module  # type: ignore[attr-defined]
     return step
+
+
+def case_name(cell: str) -> str:
+    return f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b"
 
 
 def sequences() -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +143,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         if torch is not None:
             candidates["torch"] = torch_step(torch, cell, x, grad)
         reference = "torch" if torch is not None else "deltaprop"
-        case = f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b"
+        case = case_name(cell)
         timing: dict[str, Any] = {
             "repeats": repeats, "warmup": 2 if quick else 5,
             "settle_seconds": 0.0 if threads == 1 else SETTLE_SECONDS}
@@ -178,90 +186,104 @@ def data_parallel_rows(repeats: int, ranks: int = 2) -> list[dict[str, Any]]:
 def ranks_job(repeats: int) -> list[dict[str, Any]]:
     """One process of the data-parallel rows (under mpiexec; rank 0 returns the rows).
 
-    Each rank runs the cell on its half of the batch with one BLAS thread and the
-    gradients are summed by the same polled allreduce ``fit`` uses. Rank 0 alternates, in
-    shuffled order, a step of both ranks (lined up by a barrier, timed on rank 0 up to the
-    allreduce's end) with a step of PyTorch on all cores over the whole batch, during
-    which the other ranks sleep rather than spin, so that PyTorch has every core."""
+    Each rank runs the cell on its half of the batch with one thread, and the gradients
+    are summed by the same polled allreduce ``fit`` uses: deltaprop's, and PyTorch's run
+    the same way. Rank 0 alternates, in shuffled order, a step of each of those (the ranks
+    lined up by a barrier, timed on rank 0 up to the allreduce's end) with a step of
+    PyTorch on all cores over the whole batch, during which the other ranks sleep rather
+    than spin, so that PyTorch has every core."""
     from deltaprop.distributed import Distributed, FlatLayout
 
     dist = Distributed(timeout=600)
-    torch = torch_or_none() if dist.is_root else None
-    if torch is not None:
-        torch.set_num_threads(os.cpu_count() or 1)
+    gc.disable()  # as in interleaved_medians; this process only benchmarks
+    torch = torch_or_none()
     x, grad = sequences()
     mine = dist.shard(np.arange(BATCH))
     xs, gs = x[mine], grad[mine]
-    command = np.zeros(2, dtype=np.int64)  # (0 stop | 1 step, untimed steps first)
+    # (0 stop | 1 + index of the ranked candidate to step, untimed steps before it)
+    command = np.zeros(2, dtype=np.int64)
 
     def receive_command() -> None:
         # sleeping between polls: while PyTorch runs, this rank must leave the cores alone
         dist.wait(dist.comm.Ibcast(command, root=0), "benchmark command", spin=0.0,
                   nap=5e-4)
 
+    def one_thread() -> None:
+        if torch is not None:
+            torch.set_num_threads(1)
+
+    def ranked(local: Any, grads: Any) -> Any:
+        """``local`` on this rank's shard, then the allreduce of ``grads()``."""
+        local()
+        layout = FlatLayout(grads())
+        flat = layout.empty()
+
+        def step() -> None:
+            local()
+            dist.allreduce_sum(layout.pack(grads(), out=flat), "gradient allreduce")
+
+        step.local = local  # type: ignore[attr-defined]
+        return step
+
+    def timed_step(step: Any, settle: int) -> float:
+        for _ in range(settle):
+            step()
+        dist.comm.Barrier()
+        t0 = time.perf_counter()
+        step()
+        return (time.perf_counter() - t0) * 1e3
+
     rows = []
     order = np.random.default_rng(0)
     for cell in CELLS:
+        one_thread()
         net = make_network(cell)
-        deltaprop_step(net, xs, gs)
-        layout = FlatLayout(net.grads)
-        flat = layout.empty()
-
-        def step(net: Any = net, layout: Any = layout, flat: np.ndarray = flat) -> None:
-            deltaprop_step(net, xs, gs)
-            dist.allreduce_sum(layout.pack(net.grads, out=flat), "gradient allreduce")
-
-        def timed_step(settle: int, step: Any = step) -> float:
-            for _ in range(settle):
-                step()
-            dist.comm.Barrier()
-            t0 = time.perf_counter()
-            step()
-            return (time.perf_counter() - t0) * 1e3
-
+        steps = {"deltaprop": ranked(lambda net=net: deltaprop_step(net, xs, gs),
+                                     lambda net=net: net.grads)}
+        if torch is not None:
+            half = torch_step(torch, cell, xs, gs)
+            steps[f"torch {dist.size} ranks"] = ranked(
+                half, lambda m=half.module: {n: p.grad.numpy()
+                                             for n, p in m.named_parameters()})
+        ranked_names = list(steps)
         if not dist.is_root:
             while True:
                 receive_command()
                 if command[0] == 0:
                     break
-                timed_step(int(command[1]))
+                timed_step(steps[ranked_names[command[0] - 1]], int(command[1]))
             continue
-        candidates: dict[str, Any] = {"deltaprop": None}
+        settle = {}
+        for name, step in steps.items():  # alone: the other ranks wait for a command
+            t0 = time.perf_counter()
+            step.local()
+            settle[name] = max(1, round(SETTLE_SECONDS / (time.perf_counter() - t0)))
+        names = list(steps)
         if torch is not None:
-            candidates["torch"] = torch_step(torch, cell, x, grad)
-        t0 = time.perf_counter()
-        deltaprop_step(net, xs, gs)  # alone: the other ranks wait for a command
-        settle = max(1, round(SETTLE_SECONDS / (time.perf_counter() - t0)))
-        samples: dict[str, list[float]] = {name: [] for name in candidates}
+            names.insert(1, "torch")
+            whole = torch_step(torch, cell, x, grad)
+        samples: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(repeats + 3):  # the first three rounds warm up
-            for i in order.permutation(len(candidates)):
-                name = list(candidates)[i]
-                if name == "deltaprop":
-                    command[:] = (1, settle)
-                    receive_command()
-                    ms = timed_step(settle)
+            for i in order.permutation(len(names)):
+                name = names[i]
+                if name == "torch":
+                    torch.set_num_threads(os.cpu_count() or 1)
+                    ms = settled_call_ms(whole)
                 else:
-                    ms = _settled_call_ms(candidates[name])
+                    one_thread()
+                    command[:] = (1 + ranked_names.index(name), settle[name])
+                    receive_command()
+                    ms = timed_step(steps[name], settle[name])
                 samples[name].append(ms)
         command[:] = (0, 0)
         receive_command()
         timings = Timings({k: v[3:] for k, v in samples.items()})
-        case = f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b"
-        rows.append(row("rnn", f"{case} {dist.size} ranks wall", timings,
+        rows.append(row("rnn", f"{case_name(cell)} {dist.size} ranks wall", timings,
                         "torch" if torch is not None else "deltaprop",
-                        note=f"deltaprop: {dist.size} MPI ranks of one thread, batch "
-                             f"{len(mine)} each; torch: {os.cpu_count()} threads"))
+                        note=f"{dist.size} MPI ranks of one thread, batch {len(mine)} "
+                             f"each, against torch's {os.cpu_count()} threads on the "
+                             f"whole batch"))
     return rows
-
-
-def _settled_call_ms(fn: Any) -> float:
-    """Wall milliseconds of one call, after running it untimed for ``SETTLE_SECONDS``."""
-    settled = time.perf_counter() + SETTLE_SECONDS
-    while time.perf_counter() < settled:
-        fn()
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
