@@ -173,7 +173,7 @@ def speedup_table(networks: dict[str, dict[str, float]]) -> str:
 
 
 # -- driver -----------------------------------------------------------------------------------
-def one_thread_env() -> dict[str, str]:
+def _python_env() -> dict[str, str]:
     """This environment with one BLAS/OpenMP thread per process and this checkout on the
     path: what every rank of a benchmark job runs with."""
     root = str(Path(__file__).resolve().parent.parent)
@@ -186,18 +186,29 @@ def mpiexec() -> str:
     return str(beside) if beside.exists() else "mpiexec"
 
 
+def print_result(result: Any) -> None:
+    """How a benchmark job's root process hands ``result`` to ``run_job``."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_job(command: list[str]) -> Any:
+    """Run a benchmark job (``command``, one thread per process) and return what it
+    printed with ``print_result``; its stderr's end if it fails."""
+    proc = subprocess.run(command, capture_output=True, text=True, env=_python_env(),
+                          timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def launch(ranks: int, mode: str, samples: int, global_batch: int = GLOBAL_BATCH
            ) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.distributed", "--worker", mode, str(samples),
                str(global_batch)]
     if mode == "distributed":
         command = [mpiexec(), "-n", str(ranks), *command]
-    proc = subprocess.run(command, capture_output=True, text=True, env=one_thread_env(),
-                          timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(lines[-1][len("RESULT "):])
+    return dict(run_job(command))
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -248,7 +259,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def _compute_subprocess() -> dict[str, dict[str, float]]:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.distributed", "--compute"],
-                          capture_output=True, text=True, env=one_thread_env(), timeout=600,
+                          capture_output=True, text=True, env=_python_env(), timeout=600,
                           check=True)
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -258,7 +269,7 @@ def main(argv: list[str]) -> None:
         at = argv.index("--worker")
         result = worker(argv[at + 1], int(argv[at + 2]), int(argv[at + 3]))
         if result:
-            print("RESULT " + json.dumps(result), flush=True)
+            print_result(result)
     elif "--compute" in argv:
         print(json.dumps(compute_per_step()))
     elif "--cost-model" in argv:

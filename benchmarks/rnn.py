@@ -15,9 +15,7 @@ batch each, the gradients allreduced, against PyTorch's threads on the whole bat
 from __future__ import annotations
 
 import gc
-import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -34,6 +32,7 @@ from benchmarks.common import (
     settled_call_ms,
     torch_or_none,
 )
+from benchmarks.distributed import mpiexec, print_result, run_job
 
 T, BATCH, FEATURES, HIDDEN = 32, 64, 64, 128
 CELLS = ("rnn", "lstm", "gru")
@@ -168,19 +167,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def data_parallel_rows(repeats: int, ranks: int = 2) -> list[dict[str, Any]]:
     """The 'ranks' rows, from an MPI job of ``ranks`` processes (none without mpi4py or
     with fewer cores than ranks)."""
-    from benchmarks.distributed import mpiexec, one_thread_env
     from deltaprop.distributed import mpi_available
 
     if not mpi_available() or (os.cpu_count() or 1) < ranks:
         return []
-    command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "benchmarks.rnn",
-               "--ranks-job", str(repeats)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=one_thread_env(),
-                          timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    return list(json.loads(lines[-1][len("RESULT "):]))
+    return list(run_job([mpiexec(), "-n", str(ranks), sys.executable, "-m", "benchmarks.rnn",
+                         "--ranks-job", str(repeats)]))
 
 
 def ranks_job(repeats: int) -> list[dict[str, Any]]:
@@ -245,7 +237,7 @@ def ranks_job(repeats: int) -> list[dict[str, Any]]:
             steps[f"torch {dist.size} ranks"] = ranked(
                 half, lambda m=half.module: {n: p.grad.numpy()
                                              for n, p in m.named_parameters()})
-        ranked_names = list(steps)
+        ranked_names = list(steps)  # a command names one by its index here
         if not dist.is_root:
             while True:
                 receive_command()
@@ -258,7 +250,7 @@ def ranks_job(repeats: int) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             step.local()
             settle[name] = max(1, round(SETTLE_SECONDS / (time.perf_counter() - t0)))
-        names = list(steps)
+        names = list(ranked_names)
         if torch is not None:
             names.insert(1, "torch")
             whole = torch_step(torch, cell, x, grad)
@@ -291,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--ranks-job" in argv:
         rows = ranks_job(int(argv[argv.index("--ranks-job") + 1]))
         if rows:
-            print("RESULT " + json.dumps(rows), flush=True)
+            print_result(rows)
         return 0
     rows = run(quick="--quick" in argv)
     timed = [r for r in rows if r["ms"]]
