@@ -7,9 +7,10 @@ cache an LSTM keeps per time step.
 Case of the issue: T=32, batch 64, 64 input features, 128 hidden units, float32.
 
 Rows, per cell: one thread each (CPU time and wall clock); all cores in one process
-(OpenBLAS's threads against PyTorch's); and all cores as deltaprop uses them, data
-parallel over MPI ranks (``--distributed``): two ranks of one thread each, half the
-batch each, the gradients allreduced, against PyTorch's threads on the whole batch.
+(OpenBLAS's threads against PyTorch's, and Python threads on a share of the batch
+each); and all cores as deltaprop uses them, data parallel over MPI ranks
+(``--distributed``): two ranks of one thread each, half the batch each, the gradients
+allreduced, against PyTorch's threads on the whole batch.
 """
 
 from __future__ import annotations
@@ -117,6 +118,38 @@ def torch_step(torch: Any, cell: str, x: np.ndarray, grad: np.ndarray) -> Any:
     return step
 
 
+def threaded_step(cell: str, x: np.ndarray, grad: np.ndarray, n: int) -> Any:
+    """deltaprop's step with ``n`` Python threads on 1/n of the batch each, OpenBLAS at one
+    thread meanwhile, and the parameter gradients summed: how far threads get numpy on
+    several cores in one process (each numpy call holds the interpreter lock for its
+    dispatch). The library does not do this; the row measures what it would gain."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = np.array_split(np.arange(len(x)), n)
+    nets = [make_network(cell) for _ in parts]  # the same seed: the same weights
+    pool = ThreadPoolExecutor(max_workers=n - 1)
+    blas = _openblas()
+
+    def part(k: int) -> None:
+        deltaprop_step(nets[k], x[parts[k]], grad[parts[k]])
+
+    def step() -> None:
+        if blas is not None:
+            blas[0](1)
+        others = [pool.submit(part, k) for k in range(1, n)]
+        part(0)
+        for job in others:
+            job.result()
+        total = nets[0].grads
+        for net in nets[1:]:
+            for name, g in net.grads.items():
+                total[name] += g
+        if blas is not None:
+            blas[0](n)
+
+    return step
+
+
 def case_name(cell: str) -> str:
     return f"{cell} T{T} b{BATCH} {FEATURES}->{HIDDEN} f+b"
 
@@ -134,11 +167,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     torch = torch_or_none()
     rows = []
     repeats = 5 if quick else 30
+    cores = os.cpu_count() or 1
     for threads, cell in [(t, c) for t in (1, None) for c in CELLS]:
         set_threads(threads, torch)
         net = make_network(cell)
         candidates: dict[str, Any] = {
             "deltaprop": lambda net=net: deltaprop_step(net, x, grad)}
+        if threads is None and cores > 1:
+            candidates[f"deltaprop {cores} threads"] = threaded_step(cell, x, grad, cores)
         if torch is not None:
             candidates["torch"] = torch_step(torch, cell, x, grad)
         reference = "torch" if torch is not None else "deltaprop"
