@@ -118,34 +118,35 @@ def torch_step(torch: Any, cell: str, x: np.ndarray, grad: np.ndarray) -> Any:
     return step
 
 
-def threaded_step(cell: str, x: np.ndarray, grad: np.ndarray, n: int) -> Any:
+def threaded_step(cell: str, x: np.ndarray, grad: np.ndarray, n: int,
+                  set_blas_threads: Any) -> Any:
     """deltaprop's step with ``n`` Python threads on 1/n of the batch each, OpenBLAS at one
-    thread meanwhile, and the parameter gradients summed: how far threads get numpy on
-    several cores in one process (each numpy call holds the interpreter lock for its
-    dispatch). The library does not do this; the row measures what it would gain."""
+    thread meanwhile (``set_blas_threads``, from ``_openblas``), and the parameter
+    gradients summed: how far threads get numpy on several cores in one process (each
+    numpy call holds the interpreter lock for its dispatch). The library does not do
+    this; the row measures what it would gain."""
     from concurrent.futures import ThreadPoolExecutor
 
     parts = np.array_split(np.arange(len(x)), n)
     nets = [make_network(cell) for _ in parts]  # the same seed: the same weights
     pool = ThreadPoolExecutor(max_workers=n - 1)
-    blas = _openblas()
 
     def part(k: int) -> None:
         deltaprop_step(nets[k], x[parts[k]], grad[parts[k]])
 
     def step() -> None:
-        if blas is not None:
-            blas[0](1)
-        others = [pool.submit(part, k) for k in range(1, n)]
-        part(0)
-        for job in others:
-            job.result()
+        set_blas_threads(1)
+        try:
+            others = [pool.submit(part, k) for k in range(1, n)]
+            part(0)
+            for job in others:
+                job.result()
+        finally:
+            set_blas_threads(n)
         total = nets[0].grads
         for net in nets[1:]:
             for name, g in net.grads.items():
                 total[name] += g
-        if blas is not None:
-            blas[0](n)
 
     return step
 
@@ -168,13 +169,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows = []
     repeats = 5 if quick else 30
     cores = os.cpu_count() or 1
+    blas = _openblas()  # without it the threads candidate would oversubscribe: left out
     for threads, cell in [(t, c) for t in (1, None) for c in CELLS]:
         set_threads(threads, torch)
         net = make_network(cell)
         candidates: dict[str, Any] = {
             "deltaprop": lambda net=net: deltaprop_step(net, x, grad)}
-        if threads is None and cores > 1:
-            candidates[f"deltaprop {cores} threads"] = threaded_step(cell, x, grad, cores)
+        if threads is None and cores > 1 and blas is not None:
+            candidates[f"deltaprop {cores} threads"] = threaded_step(cell, x, grad, cores,
+                                                                     blas[0])
         if torch is not None:
             candidates["torch"] = torch_step(torch, cell, x, grad)
         reference = "torch" if torch is not None else "deltaprop"
