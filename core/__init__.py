@@ -3,11 +3,28 @@
 Every layer passes data forward and a delta backward; the graph executor strings
 layers together; layers, losses, optimizers and initializers come from plugins
 found through the ``deltaprop`` entry-point group.
+
+The package is layered, each layer importing only those below it (the contracts
+are in ``pyproject.toml``, checked by ``lint-imports``):
+
+    cli                          the ``deltaprop`` command
+    testing                      the conformance kit, its pytest plugin, the scaffold
+    io, visual                   spec files, model files, data sets; SVG drawings
+    network                      Network (a graph that trains), Sequential
+    training                     the one step and loop, checkpoints, anomaly
+                                 detection, truncated BPTT, MPI
+    storage                      the npz container and the model file format
+    graph                        Graph: nodes, parameters, plan; memory report
+    execution                    plan, passes, memory planning, executor, hooks
+    registry                     plugin discovery
+    layer, loss, optimizer,      the protocols plugins implement
+    hookspecs, tensor
+    errors, config               what everything uses
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import sys
 
 from . import testing
 from .errors import (
@@ -22,25 +39,42 @@ from .errors import (
     SpecError,
     TrainingError,
 )
-from .graph import Input, Network, Sequential, Tensor, seed
+from .execution.allocator import retain_freed_memory
+from .execution.hooks import Hook
+from .execution.state import CarriedState
+from .graph.graph import Graph
 from .hookspecs import hookimpl
-from .io import load, save
+from .io import data, spec
+from .io.model import load, save
+from .io.spec import load_spec
 from .layer import Layer
 from .loss import Loss
+from .network import Network, Sequential
 from .optimizer import Optimizer
-from .registry import create, create_loss, create_optimizer, get_registry
-from .spec import load_spec
+from .registry import create, create_loss, create_optimizer, deltaprop_version, get_registry
+from .tensor import Input, Tensor, seed
+from .training import anomaly, bptt, checkpoint, distributed
+from .training import loop as train
+from .visual import curves as plot
 
-try:
-    __version__ = version("deltaprop")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+__version__ = deltaprop_version()
+
+# Modules of earlier versions, where they live now: ``import deltaprop.data`` and
+# ``from deltaprop.distributed import Distributed`` keep working.
+for _old, _module in {"data": data, "spec": spec, "anomaly": anomaly, "bptt": bptt,
+                      "checkpoint": checkpoint, "distributed": distributed, "train": train,
+                      "plot": plot}.items():
+    sys.modules[f"{__name__}.{_old}"] = _module
+del _old, _module
 
 __all__ = [
+    "CarriedState",
     "ConfigError",
     "DataError",
     "DeltapropError",
+    "Graph",
     "GraphError",
+    "Hook",
     "Input",
     "Layer",
     "Loss",
@@ -62,6 +96,7 @@ __all__ = [
     "hookimpl",
     "load",
     "load_spec",
+    "retain_freed_memory",
     "save",
     "seed",
     "testing",

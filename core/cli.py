@@ -17,6 +17,20 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DeltapropError
+from .execution.allocator import retain_freed_memory
+from .io.data import describe, load_data
+from .io.model import load, save
+from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
+from .registry import KINDS, create_loss, create_optimizer, deltaprop_version, get_registry
+from .storage.npz import atomic_write
+from .testing.kit import conformance_results, layers_of_distribution
+from .testing.scaffold import create_plugin
+from .training.checkpoint import TrainingInterrupted, checkpoint_path
+from .training.distributed import run_on_ranks
+from .training.loop import check_data
+from .training.losses import OutputLosses
+from .training.progress import show_progress
+from .visual.curves import save_learning_curves
 
 EXIT_ERROR = 2
 PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
@@ -43,8 +57,6 @@ def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
 def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     """The optimizer of a ``[train]`` table: every key that is not a training setting is
     the optimizer's config (``lr``, ``momentum``...)."""
-    from .registry import create_optimizer
-    from .spec import TRAIN_KEYS
 
     settings = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
     if lr is not None:
@@ -73,18 +85,11 @@ def check_writable(path: str | None, option: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.distributed:  # every rank runs the same command; see deltaprop.distributed
-        from .distributed import run_on_ranks
-
         return run_on_ranks(_train, args, timeout=args.mpi_timeout)
     return _train(args)
 
 
 def _train(args: argparse.Namespace, distributed: Any = None) -> int:
-    from .data import describe, load_data
-    from .io import atomic_write, save
-    from .registry import create_loss
-    from .spec import load_spec, read_spec_file
-    from .train import check_data
 
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (where the checkpoint is)")
@@ -106,11 +111,17 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     batch_size = _positive(args.batch_size if args.batch_size is not None
                            else train.get("batch_size", 32), "batch_size")
     try:
-        loss = create_loss(train.get("loss", "softmax_cross_entropy"))
+        losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
+                              train.get("loss_weights"))
         optimizer = build_optimizer(train, args.lr)
     except DeltapropError as exc:
         raise ConfigError(f"{source or 'the default network'}: [train] table: {exc}") from None
-    check_data(net, [data.x_test], data.y_test, loss, f"test data of {data.name!r}")
+    if len(net.outputs) != 1:
+        raise ConfigError(f"{source or 'the default network'}: network {net.name!r} has "
+                          f"{len(net.outputs)} outputs ({', '.join(net.output_names)}), and "
+                          f"data {data.name!r} has one target array; train a network of "
+                          f"several outputs from Python, with one target per output")
+    check_data(net, [data.x_test], data.y_test, losses, f"test data of {data.name!r}")
     net.configure(fuse=not args.no_fuse, recompute=args.recompute)
     print(describe(data))
     print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
@@ -122,8 +133,6 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     start = time.perf_counter()
     resumable: dict[str, Any] = {}
     if args.checkpoint:
-        from .checkpoint import checkpoint_path
-
         resumable = {"checkpoint": args.checkpoint, "resume": args.resume,
                      "checkpoint_every": args.checkpoint_every}
         if args.resume and not checkpoint_path(args.checkpoint).is_file():
@@ -132,14 +141,16 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
             print(f"resuming from {str(checkpoint_path(args.checkpoint))!r}")
     # --plot's held-out curves are those of the test set, measured after every epoch
     validation = (data.x_test, data.y_test) if args.plot else None
+    loss = train.get("loss", "softmax_cross_entropy")
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
+                      loss_weights=train.get("loss_weights"),
                       epochs=epochs, batch_size=batch_size, seed=seed, validation=validation,
                       progress=False if args.no_progress else None,
                       detect_anomaly=args.detect_anomaly, distributed=distributed,
                       bptt=train.get("bptt"), **resumable)
     seconds = time.perf_counter() - start
-    metrics = (distributed.evaluate(net, data.x_test, data.y_test, loss=loss) if distributed
-               else net.evaluate(data.x_test, data.y_test, loss=loss))
+    metrics = net.evaluate(data.x_test, data.y_test, loss=loss, distributed=distributed,
+                           loss_weights=train.get("loss_weights"))
     final_loss = history.loss[-1] if history.loss else float("nan")
     print(f"trained in {seconds:.1f} s; final train loss {final_loss:.4f}")
     if "accuracy" in metrics:
@@ -150,8 +161,6 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
         save(net, args.out)
         print(f"saved {args.out}")
     if args.plot and writer:
-        from .plot import save_learning_curves
-
         save_learning_curves(history, args.plot,
                              title=f"{net.name} on {data.name}, {optimizer.name} "
                                    f"lr={optimizer.lr}, batch {batch_size}")
@@ -167,8 +176,6 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import load_data
-    from .io import load
 
     net = load(args.model)
     data = load_data(args.data).reshaped(net.input_shapes[0])
@@ -180,7 +187,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .registry import KINDS, get_registry
 
     registry = get_registry()
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
@@ -201,9 +207,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     """The conformance kit (float64 gradient check, and the rules the executor relies
     on) over installed layers: what a layer package's tests run, with no test to write.
     Exit status 1 when a case fails."""
-    from .registry import get_registry
-    from .testing import conformance_results, layers_of_distribution
-    from .train import show_progress
 
     registry = get_registry()
     if args.distribution:
@@ -240,7 +243,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .registry import get_registry
 
     records = get_registry().plugins()
     if args.json:
@@ -260,7 +262,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_plugin_new(args: argparse.Namespace) -> int:
-    from .scaffold import create_plugin
 
     target = args.dir if args.dir else args.name
     written = create_plugin(args.name, target)
@@ -359,6 +360,7 @@ def _warn_in_one_line(message: Warning | str, category: type[Warning], filename:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    retain_freed_memory()  # this process trains: every step reuses the last one's pages
     with warnings.catch_warnings():
         warnings.showwarning = _warn_in_one_line
         return _main(argv)
@@ -368,9 +370,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
-
-        print(f"deltaprop {__version__}")
+        print(f"deltaprop {deltaprop_version()}")
         return 0
     if not getattr(args, "func", None):
         parser.print_help()
@@ -381,10 +381,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.debug:
             raise
         message = " ".join(str(exc).split())
-        signum = getattr(exc, "signum", None)
-        if signum is not None:  # stopped by SIGINT/SIGTERM after saving: 128 + signal
+        if isinstance(exc, TrainingInterrupted):  # stopped after saving: 128 + signal
             print(f"deltaprop: {message}", file=sys.stderr)
-            return 128 + int(signum)
+            return 128 + int(exc.signum)
         print(f"deltaprop: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:  # a file the user named could not be read or written

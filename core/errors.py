@@ -3,6 +3,8 @@ that names the thing at fault, so the CLI can print one line and exit."""
 
 from __future__ import annotations
 
+import sys
+
 
 class DeltapropError(Exception):
     """Base of every error deltaprop raises for bad input."""
@@ -42,3 +44,16 @@ class DataError(DeltapropError, ValueError):
 
 class TrainingError(DeltapropError, RuntimeError):
     """Training that cannot go on, for example because the loss became non-finite."""
+
+
+def add_context(exc: BaseException, context: str) -> None:
+    """Prefix ``exc``'s message with ``context`` (which node, which file) in place.
+
+    Re-raising the same object with a bare ``raise`` keeps its class, its other
+    arguments and its traceback, so ``--debug`` still shows the plugin's own frame.
+    An error whose first argument is not its message gets the context as a note.
+    """
+    if exc.args and isinstance(exc.args[0], str) and not isinstance(exc, KeyError):
+        exc.args = (f"{context}: {exc.args[0]}", *exc.args[1:])
+    elif sys.version_info >= (3, 11):
+        exc.add_note(context)

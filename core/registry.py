@@ -27,7 +27,7 @@ import pluggy
 from . import hookspecs
 from .config import construct
 from .errors import PluginError, RegistryError
-from .layer import Layer
+from .layer import Layer, use_initializers
 from .loss import Loss
 from .optimizer import Optimizer
 
@@ -139,7 +139,7 @@ class Registry:
             unsupported = _unsupported_requirement(ep.requires)
             if unsupported:
                 self._fail(record, f"supports {unsupported} (its Requires-Dist), but this is "
-                                   f"deltaprop {_deltaprop_version()}; not imported")
+                                   f"deltaprop {deltaprop_version()}; not imported")
                 continue
             try:
                 plugin = ep.load()
@@ -181,7 +181,7 @@ class Registry:
                 declared, str) else f"{declared!r}"
             if bad:
                 self._fail(record, f"supports deltaprop {declared} ({REQUIRES_ATTRIBUTE}), but "
-                                   f"this is deltaprop {_deltaprop_version()}")
+                                   f"this is deltaprop {deltaprop_version()}")
                 return
         try:
             self._pm.register(plugin, name=f"{record.distribution}:{record.name}")
@@ -349,7 +349,8 @@ def scan_entry_points(group: str = ENTRY_POINT_GROUP) -> list[ScannedEntryPoint]
 
 
 @functools.lru_cache(maxsize=1)
-def _deltaprop_version() -> str:
+def deltaprop_version() -> str:
+    """The installed deltaprop's version (0.0.0 when run from a source tree)."""
     try:
         return metadata.version("deltaprop")
     except metadata.PackageNotFoundError:  # running from a source tree
@@ -371,7 +372,7 @@ def _unsupported_requirement(requires: Iterable[str]) -> str | None:
             return f"an unreadable requirement {text!r}"
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue
-        if not requirement.specifier.contains(_deltaprop_version(), prereleases=True):
+        if not requirement.specifier.contains(deltaprop_version(), prereleases=True):
             return f"deltaprop{requirement.specifier}"
     return None
 
@@ -409,3 +410,6 @@ def create_optimizer(name: str, **config: Any) -> Optimizer:
 
 def get_initializer(name: str) -> Callable[..., Any]:
     return get_registry().get("initializer", name)
+
+
+use_initializers(get_initializer)  # layers find initializers by name through the registry

@@ -11,6 +11,7 @@ from scipy.special import expit
 
 from deltaprop import Layer, hookimpl
 from deltaprop.errors import ConfigError, ShapeError
+from deltaprop.loss import Loss
 
 Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]
 
@@ -130,6 +131,12 @@ class Softmax(Layer):
         e = np.exp(x - x.max(axis=self.axis, keepdims=True))
         e /= e.sum(axis=self.axis, keepdims=True)
         return (e,), (e if train else None)
+
+    def loss_on_input(self, loss: Loss) -> Loss | None:
+        """Over the last axis, a loss after the softmax may run on the logits in one pass."""
+        assert self.input_shapes is not None
+        last = self.axis in (-1, len(self.input_shapes[0]))
+        return loss.after_softmax() if last else None
 
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:

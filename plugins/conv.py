@@ -26,7 +26,7 @@ conv2d computes with one of two algorithms that give the same numbers:
   ``auto`` only picks FFT for stride 1.
 
 ``algorithm="auto"`` (the default) chooses per input shape with a cost model
-(:func:`choose_algorithm`) whose constants were measured on a 2-core machine: direct
+(:func:`choose_algorithm`) that weighs GEMM flops, copied bytes and FFT points: direct
 wins on small kernels, FFT on large kernels with many channels.
 """
 
@@ -169,7 +169,8 @@ class Grid:
     reads a single run of ``Ho * Wp`` input values per image and channel, starting at
     ``i * dh * Wp + j * dw`` in the flattened padded image, so im2col and col2im move
     long contiguous runs instead of rows of ``Wo``. The price is ``Wp / Wo`` times the
-    GEMM columns (1.07x at 28x28 "same"). With a larger stride, ``Wg = Wo``.
+    GEMM columns (30 / 28 for a 3x3 kernel at 28x28 "same"). With a larger stride,
+    ``Wg = Wo``.
     """
 
     geo: Geometry
@@ -284,10 +285,10 @@ def direct_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_
     """Per chunk: rebuild the columns, dW += g @ columns.T, and (when the input delta is
     wanted) column deltas W.T @ g added back into their windows (col2im). With stride 1,
     the input delta wanted and no more than twice as many filters as channels,
-    ``_delta_columns_backward`` does the same work with one copy instead of two (its
-    columns have F rows per kernel offset where these have C: measured at N64 3x3, it
-    takes 0.7x the time at F = C/2, 0.86x at F = C, 0.97x at F = 2C, but 1.15x at
-    F = 4C and 2x at F = 11C)."""
+    ``_delta_columns_backward`` does the same work with one copy instead of two. Its
+    columns have F rows per kernel offset where these have C, so the copy it saves
+    outweighs its larger GEMMs only while F is not much larger than C (the figures
+    behind the bound are in docs/performance.md)."""
     grid, xp = cache
     if need_x and grid.flat and geo.F <= 2 * geo.C:
         return _delta_columns_backward(grid, xp, g, geo, use_bias, W)
@@ -452,7 +453,9 @@ def fft_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bia
 # --------------------------------------------------------------------------------------
 # choosing an algorithm
 # --------------------------------------------------------------------------------------
-#: seconds per unit, measured with float32 on a 2-core x86 machine (OpenBLAS, pocketfft)
+#: seconds per unit of work of each kind; only their ratios matter, since they decide
+#: between two algorithms (fitted with float32, OpenBLAS and pocketfft: see
+#: docs/performance.md, and ``python -m benchmarks`` to check a machine's choice)
 _GEMM_FLOP = 1.0 / 60e9      # real GEMM throughput
 _COPY_BYTE = 1.0 / 2.5e9     # strided window copy and col2im scatter-add
 _FFT_POINT = 1.0 / 0.9e9     # per point of n*log2(n) butterflies, per transform
@@ -717,9 +720,9 @@ def _scatter_to_argmax(g: np.ndarray, arg: np.ndarray, geo: Geometry, planes: in
                        ) -> np.ndarray:
     """Overlapping windows: every output delta goes to its window's argmax, and a pixel
     that wins several windows sums them. One unbuffered ``np.add.at`` over flat indices
-    into the padded input does it in the delta's dtype: at 3x3 stride 2 it took a quarter
-    of the time of ``bincount``, which sums in float64 over every input pixel, and a
-    fifth of nine masked adds into strided windows (measured)."""
+    into the padded input does it in the delta's dtype and touches only the winners,
+    where ``bincount`` sums in float64 over every input pixel and masked adds into
+    strided windows make nine passes over the delta (docs/performance.md)."""
     size = planes * geo.Hp * geo.Wp
     index = np.dtype(np.int32 if size < 2**31 else np.int64)
     offsets = np.array([i * geo.Wp + j for i in range(geo.kh) for j in range(geo.kw)],

@@ -27,20 +27,28 @@ class MSE(Loss):
 
 
 class ClassTargets(Loss):
-    """Targets are integer class labels of shape (batch,) or one-hot / probability rows
-    of the prediction's shape."""
+    """Predictions hold class scores on their last axis. Targets are integer class
+    labels with the prediction's shape less that axis ((batch,) for (batch, C), or
+    (batch, T) per step for (batch, T, C)), or one-hot / probability rows of the
+    prediction's own shape."""
 
     classification = True
 
     def check_target(self, prediction_shape: tuple[int, ...], target: np.ndarray) -> np.ndarray:
         target = np.asarray(target)
-        classes = prediction_shape[-1] if prediction_shape else 0
-        if target.shape[1:] == tuple(prediction_shape) and len(prediction_shape) == 1:
-            return super().check_target(prediction_shape, target)
-        if target.ndim != 1 or len(prediction_shape) != 1:
+        shape = tuple(prediction_shape)
+        if not shape:
+            raise DataError(f"loss {self.name!r}: predictions of shape (batch,) have no class "
+                            f"axis")
+        if target.shape[1:] == shape:
+            return super().check_target(shape, target)
+        classes = shape[-1]
+        labels_shape = ", ".join(["batch", *map(str, shape[:-1])])
+        rows_shape = ", ".join(["batch", *map(str, shape)])
+        if target.shape[1:] != shape[:-1]:
             raise DataError(f"loss {self.name!r}: targets must be class labels of shape "
-                            f"(batch,) or rows of shape {tuple(prediction_shape)}, got shape "
-                            f"{target.shape[1:]} per sample")
+                            f"({labels_shape}) or one-hot rows of shape ({rows_shape}), got "
+                            f"shape {target.shape}")
         if target.dtype.kind == "f":
             if not np.all(np.isfinite(target)) or not np.all(target == np.round(target)):
                 raise DataError(f"loss {self.name!r}: class labels must be whole numbers")
@@ -59,39 +67,78 @@ class ClassTargets(Loss):
         if target.ndim == like.ndim:
             return target.astype(like.dtype, copy=False)
         out = np.zeros_like(like)
-        out[np.arange(len(target)), target] = 1
+        np.put_along_axis(out, target[..., None], 1, axis=-1)
         return out
 
     def sample_targets(self, rng: np.random.Generator, shape: tuple[int, ...],
                        dtype: str) -> np.ndarray:
-        return rng.integers(0, shape[-1], size=shape[0])
+        return rng.integers(0, shape[-1], size=shape[:-1])
+
+
+def _positions(prediction: np.ndarray) -> int:
+    """How many class distributions a prediction holds: every axis but the last."""
+    return max(prediction.size // prediction.shape[-1], 1) if prediction.ndim else 1
 
 
 class SoftmaxCrossEntropy(ClassTargets):
-    """Cross-entropy of softmax(logits): fused, so the gradient is simply
-    (softmax - target) / batch, and stable for large logits (log-sum-exp)."""
+    """Cross-entropy of softmax(logits) over the last axis: the gradient is simply
+    (softmax - target) / positions, and it is stable for large logits (log-sum-exp)."""
 
     name = "softmax_cross_entropy"
-    examples = [{"config": {}, "shape": (5,)}]
+    examples = [{"config": {}, "shape": (5,)}, {"config": {}, "shape": (3, 4)}]
 
     def forward(self, prediction: np.ndarray, target: np.ndarray) -> tuple[float, Any]:
         logp = log_softmax(prediction, axis=-1)
-        n = len(prediction)
-        if target.ndim == 1:
-            value = -logp[np.arange(n), target].sum() / n
+        if target.ndim == prediction.ndim:
+            total = float((target * logp).sum())
         else:
-            value = -(target * logp).sum() / n
-        return float(value), (logp, target)
+            total = _picked_sum(logp, target)
+        return -total / _positions(prediction), (logp, target)
 
     def backward(self, cache: Any) -> np.ndarray:
         logp, target = cache
         grad = np.exp(logp)
-        if target.ndim == 1:
-            grad[np.arange(len(grad)), target] -= 1
-        else:
+        if target.ndim == grad.ndim:
             grad -= target
-        grad /= len(grad)
+        else:
+            _subtract_one(grad, target)
+        grad /= _positions(grad)
         return grad
+
+    def value_and_grad(self, prediction: np.ndarray, target: np.ndarray
+                       ) -> tuple[float, np.ndarray]:
+        """Value and gradient in one pass over the logits: one exp, and the loss as
+        log-sum-exp minus the target's logit, exact where log(softmax) would not be."""
+        shifted = prediction - prediction.max(axis=-1, keepdims=True)
+        e = np.exp(shifted)
+        total = e.sum(axis=-1, keepdims=True)
+        n = _positions(prediction)
+        if target.ndim == prediction.ndim:
+            value = -float((target * (shifted - np.log(total))).sum()) / n
+            e /= total
+            e -= target
+        else:
+            value = (float(np.log(total).sum()) - _picked_sum(shifted, target)) / n
+            e /= total
+            _subtract_one(e, target)
+        e /= n
+        return float(value), e
+
+
+def _subtract_one(grad: np.ndarray, labels: np.ndarray) -> None:
+    """``grad[..., label] -= 1`` at every position, in place."""
+    if grad.ndim == 2:
+        grad[np.arange(len(grad)), labels] -= 1
+    else:
+        index = labels[..., None]
+        np.put_along_axis(grad, index, np.take_along_axis(grad, index, axis=-1) - 1, axis=-1)
+
+
+def _picked_sum(values: np.ndarray, labels: np.ndarray) -> float:
+    """The sum of ``values[..., label]`` over every position."""
+    if values.ndim == 2:
+        return float(values[np.arange(len(values)), labels].sum())
+    return float(np.take_along_axis(values, labels[..., None], axis=-1).sum())
 
 
 class CrossEntropy(ClassTargets):
@@ -99,17 +146,22 @@ class CrossEntropy(ClassTargets):
     ``softmax_cross_entropy`` on logits, which is exact where this one clips."""
 
     name = "cross_entropy"
-    examples = [{"config": {}, "shape": (4,)}]
+    examples = [{"config": {}, "shape": (4,)}, {"config": {}, "shape": (2, 3)}]
     eps = 1e-12
 
     def forward(self, prediction: np.ndarray, target: np.ndarray) -> tuple[float, Any]:
         p = np.clip(prediction, self.eps, None)
         onehot = self.one_hot(target, prediction)
-        return float(-(onehot * np.log(p)).sum() / len(p)), (p, onehot)
+        n = _positions(p)
+        return float(-(onehot * np.log(p)).sum() / n), (p, onehot)
 
     def backward(self, cache: Any) -> np.ndarray:
         p, onehot = cache
-        return -onehot / p / len(p)
+        return -onehot / p / _positions(p)
+
+    def after_softmax(self) -> Loss:
+        """Cross-entropy of softmax(logits) is softmax cross-entropy of the logits."""
+        return SoftmaxCrossEntropy()
 
     def sample_predictions(self, rng: np.random.Generator, shape: tuple[int, ...],
                            dtype: str) -> np.ndarray:

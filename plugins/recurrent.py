@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from deltaprop import Layer, hookimpl
-from deltaprop.bptt import carried_state
 from deltaprop.config import choice, positive_int
 from deltaprop.errors import ConfigError, DataError, ShapeError
 
@@ -84,9 +83,9 @@ def _zeros_state(state: np.ndarray | None, B: int, H: int, dtype: Any) -> np.nda
 
 def _batch_major(a: np.ndarray, *, cached: bool = False) -> np.ndarray:
     """(time, batch, ...) as a (batch, time, ...) view: no copy, as PyTorch's batch_first
-    (a copy cost the rnn 3 % of its step). A view of an array the cache keeps
-    (``cached``) is read-only, so that writing into an output cannot change what
-    backward reads."""
+    (a copy would move the whole output sequence once more per call). A view of an
+    array the cache keeps (``cached``) is read-only, so that writing into an output
+    cannot change what backward reads."""
     view = a.transpose(1, 0, *range(2, a.ndim))
     if cached:
         view.flags.writeable = False
@@ -339,8 +338,9 @@ def _rnn_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | Non
 # lstm
 # --------------------------------------------------------------------------------------
 #
-# Every step works on arrays whose gate blocks are contiguous (B, H) blocks: a strided
-# (B, H) slice of a (B, 4H) row costs numpy about three times as much per element op.
+# Every step works on arrays whose gate blocks are contiguous (B, H) blocks: on a strided
+# (B, H) slice of a (B, 4H) row numpy's element-wise loops run row by row over short
+# runs instead of once over one block (docs/performance.md).
 #
 # - Z (time, batch, features + 1 + units) holds each step's [x_t, 1, h_{t-1}], so one
 #   GEMM per step (Z[t] against the stacked weights, bias row included) gives all four
@@ -460,8 +460,9 @@ def _lstm_backward(cache: Any, params: Sequence[np.ndarray], dY: np.ndarray | No
     dt = Z.dtype
     # dA holds the pre-activation deltas (i, f, g, o), those of g over 4 (LSTM_DELTA):
     # the weights take the 4 instead. It holds a chunk of steps at a time: once a chunk is
-    # done, its share of dW and dx is one GEMM each, while it is still in cache (2-3%
-    # faster than one GEMM over all steps at the end, and the buffer stops growing with T)
+    # done, its share of dW and dx is one GEMM each, while it is still in cache (rather
+    # than one GEMM over all steps at the end, which rereads it from memory), and the
+    # buffer stops growing with T
     delta = np.repeat(np.asarray(LSTM_DELTA, dtype=dt), H)
     dh = _delta_state(d_finals[0], B, H, dt)
     dc = _delta_state(d_finals[1], B, H, dt)
@@ -709,17 +710,23 @@ class Recurrent(Layer):
         return x, states, mask
 
     def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        outputs, cache, _ = self.forward_with_state(inputs, train=train, state=None)
+        return outputs, cache
+
+    def carries_state(self) -> bool:
+        """Without initial-state inputs, the state can run on from call to call."""
+        return not self.initial_state
+
+    def forward_with_state(self, inputs: tuple[np.ndarray, ...], *, train: bool,
+                           state: Any) -> tuple[Any, Any, Any]:
         x, states, mask = self._split_inputs(inputs)
-        carry = None if self.initial_state else carried_state(self, x.shape[0])
-        if carry is not None and carry.states is not None:
-            states = list(carry.states)
+        if state is not None:
+            states = list(state)
         Y, finals, cache = sequence_forward(self.cell, x, self._params(), states, mask,
                                             self.reverse, self.activation_name, train)
-        if carry is not None:
-            carry.keep(finals)
         first = Y if self.return_sequences else finals[0].copy()
         outputs = (first, *finals) if self.return_state else (first,)
-        return outputs, cache
+        return outputs, cache, finals
 
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:

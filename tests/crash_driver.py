@@ -70,7 +70,7 @@ if __name__ == "__main__":
     if mode in SIGNALS:
         interrupt_after_step(n, SIGNALS[mode])
     elif mode in ("kill-in-save", "term-in-save"):
-        assert deltaprop.checkpoint.write_npz  # the writer goes through numpy.savez
+        assert deltaprop.training.checkpoint.write_npz  # the writer goes through numpy.savez
         signal_during_save(n, signal.SIGKILL if mode == "kill-in-save" else signal.SIGTERM)
     elif mode != "none":
         raise SystemExit(f"unknown mode {mode!r}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import deltaprop
-from deltaprop.passes import derivative_from_output
+from deltaprop.layer import derivative_from_output
 
 registry = deltaprop.get_registry()
 
@@ -45,7 +45,7 @@ def build_around(cls: type, example: dict[str, Any], *, dtype: str, activation: 
     rng = np.random.default_rng(seed)
     shapes = [tuple(s) for s in example["input_shapes"]]
     xs = cls.sample_inputs(rng, shapes, 3, dtype)
-    with deltaprop.graph.seeded(seed):
+    with deltaprop.tensor.seeded(seed):
         inputs = [deltaprop.Input(s, name=f"x{i}", dtype=x.dtype.name)
                   for i, (s, x) in enumerate(zip(shapes, xs))]
         layer = deltaprop.create(cls.name, dtype=dtype, **example["config"])

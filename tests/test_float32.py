@@ -9,7 +9,7 @@ import pytest
 from helpers_registry import build_around, fusable_activations, layer_examples
 
 import deltaprop
-from deltaprop.memory import arrays_in
+from deltaprop.execution.memory import arrays_in
 
 ACTIVATION = fusable_activations()[0] if fusable_activations() else None
 

@@ -1,31 +1,43 @@
-"""The SGF reader, the board's captures, the plane encoding and the data builder,
-on small SGF files committed under tests/fixtures/go (no gnugo needed)."""
+"""The SGF reader, the board's captures, the plane encoding and the data builder of the
+Go example (examples/go/sgf_dataset.py, not part of the installed package), on small
+SGF files committed under tests/fixtures/go (no gnugo needed)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from deltaprop.data import load_data
 from deltaprop.errors import DataError
-from deltaprop.go import (
-    BLACK,
-    WHITE,
-    Board,
-    build_dataset,
-    game_examples,
-    main,
-    most_common_point_accuracy,
-    parse_sgf,
-    read_game,
-    symmetries,
-    top_k_accuracy,
-)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "go"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "go" / "sgf_dataset.py"
+
+
+def _load_example() -> ModuleType:
+    """The example module from the checkout, registered as ``sgf_dataset`` (the name
+    examples/go/evaluate.py imports it by)."""
+    if "sgf_dataset" in sys.modules:
+        return sys.modules["sgf_dataset"]
+    spec = importlib.util.spec_from_file_location("sgf_dataset", EXAMPLE)
+    assert spec is not None and spec.loader is not None, EXAMPLE
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sgf_dataset"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sgf = _load_example()
+BLACK, WHITE, Board = sgf.BLACK, sgf.WHITE, sgf.Board
+build_dataset, game_examples, main = sgf.build_dataset, sgf.game_examples, sgf.main
+parse_sgf, read_game, symmetries = sgf.parse_sgf, sgf.read_game, sgf.symmetries
+most_common_point_accuracy, top_k_accuracy = sgf.most_common_point_accuracy, sgf.top_k_accuracy
 
 #: the final position of gnugo_captures_9x9.sgf as GNU Go itself shows it after
 #: `loadsgf` + `showboard` (X black, O white, top row first): 6 + 4 stones captured

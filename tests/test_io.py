@@ -11,7 +11,8 @@ import pytest
 
 import deltaprop
 from deltaprop import ModelFileError, load, save
-from deltaprop.io import META, PARAM_PREFIX, write_npz
+from deltaprop.storage.model_format import PARAM_PREFIX
+from deltaprop.storage.npz import META, write_npz
 
 
 @pytest.fixture

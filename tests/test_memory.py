@@ -11,7 +11,7 @@ import pytest
 import deltaprop
 from deltaprop import Input, Network, create
 from deltaprop.cli import main
-from deltaprop.memory import ByteTracker, free_after, sole_owner
+from deltaprop.execution.memory import ByteTracker, free_after, sole_owner
 
 
 def mlp(fuse=True, recompute=False, depth=3, width=32, activation="relu", plan_memory=True):

@@ -10,7 +10,7 @@ from helpers_registry import build_around, fusable_activations, layer_examples
 
 import deltaprop
 from deltaprop import Input, Network, create
-from deltaprop.passes import FusedActivation, softmax_cross_entropy
+from deltaprop.execution.passes import FusedActivation
 from deltaprop.testing import check_network_gradients
 
 ACTIVATIONS = fusable_activations()
@@ -127,14 +127,15 @@ def test_in_place_activation_never_overwrites_an_array_a_cache_holds(rng):
 
 # -- softmax with cross-entropy ----------------------------------------------------------
 @pytest.mark.parametrize("one_hot", [False, True])
-def test_fused_softmax_cross_entropy_equals_the_registered_loss(rng, one_hot):
-    logits = rng.standard_normal((6, 5)) * 30  # large logits: stability matters
-    labels = rng.integers(0, 5, 6)
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5)])
+def test_one_pass_softmax_cross_entropy_equals_forward_and_backward(rng, one_hot, shape):
+    logits = rng.standard_normal(shape) * 30  # large logits: stability matters
+    labels = rng.integers(0, 5, shape[:-1])
     target = np.eye(5)[labels] if one_hot else labels
     loss = deltaprop.create_loss("softmax_cross_entropy")
     value, cache = loss.forward(logits, target)
     grad = loss.backward(cache)
-    fused_value, fused_grad = softmax_cross_entropy(logits, target)
+    fused_value, fused_grad = loss.value_and_grad(logits, target)
     assert fused_value == pytest.approx(value, rel=1e-12)
     np.testing.assert_allclose(fused_grad, grad, rtol=1e-10, atol=1e-14)
 
@@ -161,8 +162,9 @@ def test_train_steps_with_loss_fusion_equal_unfused(rng, loss_name):
         assert a == pytest.approx(b, rel=1e-9)
     for key, value in fused.params.items():
         np.testing.assert_allclose(value, plain.params[key], rtol=1e-9, atol=1e-12)
-    assert any(f is not None for _, f in fused._loss_fusions.values())
-    assert all(f is None for _, f in plain._loss_fusions.values())
+    loss = deltaprop.create_loss(loss_name)
+    assert fused.plan.loss_fusion(0, loss).skip == len(fused.plan) - 1
+    assert plain.plan.loss_fusion(0, loss).skip is None
 
 
 def test_a_new_loss_object_is_never_mistaken_for_an_old_one(rng):
@@ -185,8 +187,8 @@ def test_cross_entropy_fusion_skips_the_softmax_node_and_caches_less(rng):
     x = rng.standard_normal((10, 6))
     y = rng.integers(0, 4, 10)
     net.train_step(x, y, loss="cross_entropy", optimizer="sgd")
-    fusion = next(iter(net._loss_fusions.values()))[1]
-    assert fusion.stop == len(net.plan) - 1
+    fusion = net.plan.loss_fusion(0, deltaprop.create_loss("cross_entropy"))
+    assert fusion.skip == len(net.plan) - 1 and fusion.loss.name == "softmax_cross_entropy"
     assert net.plan[-1].layer.name == "softmax"
     # a plain backward after a fused step needs a fresh forward
     with pytest.raises(deltaprop.GraphError):

@@ -31,13 +31,13 @@ from hypothesis import strategies as st
 import deltaprop
 from deltaprop.config import construct
 from deltaprop.errors import DeltapropError
-from deltaprop.io import META
+from deltaprop.storage.npz import META
 from deltaprop.layer import Layer
 from deltaprop.testing import check_network_gradients, make_layer
 
 REGISTRY = deltaprop.get_registry()
 # values per sample of an example's input; DELTAPROP_PROPERTY_MAX_INPUT=80 takes in the
-# larger examples too (every conv and pooling layer), at about four times the cost
+# larger examples too (every conv and pooling layer), at a higher cost
 MAX_INPUT_SIZE = int(os.environ.get("DELTAPROP_PROPERTY_MAX_INPUT", "32"))
 MAX_LAYER_PARAMS = 200   # parameters of one example layer
 MAX_NETWORK_PARAMS = 700  # keeps the finite differences of a network quick
@@ -387,7 +387,7 @@ def test_random_bytes_raise_only_deltaprop_errors(raw, suffix, tmp_path_factory)
 
 
 def _valid_model_bytes() -> bytes:
-    from deltaprop.io import model_arrays, model_meta
+    from deltaprop.storage.model_format import model_arrays, model_meta
 
     net = deltaprop.load_spec(json.loads(VALID_SPECS["graph.json"]), seed=0)
     buffer = io.BytesIO()

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import deltaprop
-from deltaprop.bptt import carry_states
 from deltaprop.testing import check_network_gradients, make_layer
 
 
@@ -17,7 +16,7 @@ def _cls(name):
 
 def test_encoder_states_feed_a_decoder_and_gradients_check():
     """return_state outputs are separate node outputs that other nodes consume."""
-    with deltaprop.graph.seeded(0):
+    with deltaprop.tensor.seeded(0):
         src = deltaprop.Input((5, 3), name="src", dtype="float64")
         tgt = deltaprop.Input((4, 2), name="tgt", dtype="float64")
         _, h, c = deltaprop.create("lstm", units=3, return_state=True, dtype="float64")(src)
@@ -173,8 +172,9 @@ def test_float32_in_float32_out():
         assert all(g.dtype == np.float32 for g in grads.values())
 
 
-def test_chunks_with_carried_state_equal_the_whole_sequence():
-    """The state carry of truncated BPTT: two halves in a row are the whole sequence."""
+def test_windows_with_carried_state_equal_the_whole_sequence():
+    """The state carry of truncated BPTT: two halves in a row, the state handed from one
+    call to the next, are the whole sequence; without it each half starts afresh."""
     whole = make_layer(_cls("lstm"), [(8, 3)], units=4, return_sequences=True,
                        dtype="float64")
     half = make_layer(_cls("lstm"), [(4, 3)], units=4, return_sequences=True,
@@ -183,16 +183,37 @@ def test_chunks_with_carried_state_equal_the_whole_sequence():
         half.params[k][...] = v
     x = np.random.default_rng(2).standard_normal((2, 8, 3))
     (full,), _ = whole.forward((x,), train=False)
-    with carry_states() as carry:
-        parts = []
-        for c in range(2):
-            carry.new_pass()
-            (y,), _ = half.forward((x[:, 4 * c:4 * c + 4],), train=False)
-            parts.append(y)
+    assert half.carries_state()
+    state = None
+    parts = []
+    for c in range(2):
+        (y,), _, state = half.forward_with_state((x[:, 4 * c:4 * c + 4],), train=False,
+                                                 state=state)
+        parts.append(y)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-12)
-    # outside the block no state survives
     (again,), _ = half.forward((x[:, 4:],), train=False)
     assert not np.allclose(again, full[:, 4:])
+
+
+def test_a_network_carries_state_between_calls_only_when_asked():
+    with deltaprop.tensor.seeded(0):
+        inp = deltaprop.Input((4, 3), dtype="float64")
+        out = deltaprop.create("gru", units=5, return_sequences=True, dtype="float64")(inp)
+        half = deltaprop.Network(inp, out)
+        inp = deltaprop.Input((8, 3), dtype="float64")
+        layer = deltaprop.create("gru", units=5, return_sequences=True, dtype="float64")
+        whole = deltaprop.Network(inp, layer(inp))
+    for k, v in zip(whole.params, half.params.values()):
+        whole.params[k][...] = v
+    x = np.random.default_rng(4).standard_normal((3, 8, 3))
+    (full,) = whole.forward(x)
+    state = deltaprop.CarriedState()
+    parts = [half.forward(x[:, :4], state=state)[0], half.forward(x[:, 4:], state=state)[0]]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-12)
+    assert len(state) == 1
+    assert not np.allclose(half.forward(x[:, 4:])[0], full[:, 4:])  # no state: afresh
+    np.testing.assert_allclose(half.predict(x[:, :4], state=deltaprop.CarriedState()),
+                               full[:, :4], atol=1e-12)
 
 
 def test_fit_with_bptt_learns_and_bounds_the_cache():
@@ -204,7 +225,7 @@ def test_fit_with_bptt_learns_and_bounds_the_cache():
     x = np.eye(V, dtype=np.float32)[ids]
     y = np.roll(ids, 1, axis=1)
     y[:, 0] = 0
-    with deltaprop.graph.seeded(0):
+    with deltaprop.tensor.seeded(0):
         inp = deltaprop.Input((k, V), name="x")
         h = deltaprop.create("gru", units=16, return_sequences=True)(inp)
         out = deltaprop.create("dense", units=V)(h)
@@ -213,12 +234,9 @@ def test_fit_with_bptt_learns_and_bounds_the_cache():
                       optimizer=deltaprop.create_optimizer("adam", lr=0.02))
     assert history.loss[-1] < 0.5 * history.loss[0]
     assert net.peak_cache_bytes < 16 * k * 16 * 4 * 12  # a chunk's worth, not T steps
-    from deltaprop.bptt import evaluate_truncated
-
-    loss = evaluate_truncated(net, [x], y, k, loss=deltaprop.create_loss(
-        "softmax_cross_entropy"))
-    assert loss < 0.2
-    with pytest.raises(deltaprop.DataError, match="chunks"):
+    metrics = net.evaluate(x, y, bptt=k)
+    assert metrics["loss"] < 0.2 and metrics["accuracy"] > 0.9
+    with pytest.raises(deltaprop.DataError, match="windows"):
         net.fit(x[:, :60], y[:, :60], bptt=k, epochs=1, progress=False)
 
 

@@ -20,7 +20,7 @@ import pytest
 import deltaprop
 from deltaprop import ConfigError
 from deltaprop.cli import main
-from deltaprop.scaffold import create_plugin, render, supported_range
+from deltaprop.testing.scaffold import create_plugin, render, supported_range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -105,7 +105,7 @@ def _dependencies() -> list[str]:
     return [*project["dependencies"], "pytest", "setuptools>=68", "wheel"]
 
 
-@pytest.mark.slow  # a venv and a few installs: 30 s to 2 min
+@pytest.mark.slow  # builds a venv and installs three packages into it
 def test_a_generated_package_installs_into_a_fresh_venv_and_passes_the_kit(tmp_path):
     if not (ROOT / "pyproject.toml").exists() or not (ROOT / "core").is_dir():
         pytest.skip("needs the deltaprop source tree")

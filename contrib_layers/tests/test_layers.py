@@ -114,7 +114,7 @@ def network_with_batch_norm():
 
 
 def test_the_optimizer_never_trains_running_statistics(rng):
-    with deltaprop.graph.seeded(0):
+    with deltaprop.tensor.seeded(0):
         net = network_with_batch_norm()
     assert "bn/running_mean" in net.params
     x = rng.standard_normal((16, 4)).astype(np.float32)
@@ -135,7 +135,7 @@ def test_the_optimizer_never_trains_running_statistics(rng):
 
 
 def test_running_statistics_survive_save_and_load(tmp_path, rng):
-    with deltaprop.graph.seeded(0):
+    with deltaprop.tensor.seeded(0):
         net = network_with_batch_norm()
     x = rng.standard_normal((32, 4)).astype(np.float32)
     for _ in range(3):

@@ -10,16 +10,16 @@ import argparse
 import sys
 
 import numpy as np
+from sgf_dataset import most_common_point_accuracy, top_k_accuracy  # examples/go/
 
+from deltaprop import load
 from deltaprop.data import load_data
-from deltaprop.go import most_common_point_accuracy, top_k_accuracy
-from deltaprop.io import load
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a model saved by `deltaprop train --out`")
-    parser.add_argument("data", help="the .npz built by `python -m deltaprop.go`")
+    parser.add_argument("data", help="the .npz built by examples/go/sgf_dataset.py")
     args = parser.parse_args(argv)
     net = load(args.model)
     data = load_data(args.data).reshaped(net.input_shapes[0])

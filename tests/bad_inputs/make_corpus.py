@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import deltaprop
-from deltaprop.io import META, write_npz
+from deltaprop.storage.npz import META, write_npz
 
 HERE = Path(__file__).parent
 MODELS, DATA = HERE / "models", HERE / "data"

@@ -25,9 +25,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from .errors import DeltapropError, SpecError
+
+from ..errors import DeltapropError, SpecError, add_context
+from ..network import Network
+from ..registry import get_registry
+from ..tensor import Input, seeded
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +40,7 @@ else:  # pragma: no cover
 TOP_LEVEL_KEYS = {"inputs", "outputs", "nodes", "train", "dtype", "seed", "name"}
 NODE_KEYS = {"name", "layer", "inputs", "shares"}
 #: the [train] keys that are training settings; every other key configures the optimizer
-TRAIN_KEYS = {"loss", "optimizer", "epochs", "batch_size", "seed", "bptt"}
+TRAIN_KEYS = {"loss", "loss_weights", "optimizer", "epochs", "batch_size", "seed", "bptt"}
 _REF = re.compile(r"^([^:\s]+)(?::(\d+))?$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@\-]*$")  # '@': "dense@2", a shared layer's 2nd use
 
@@ -258,12 +261,9 @@ def check_spec(spec: Any, source: str = "spec") -> None:
 
 
 def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
-              seed: int | None = None, source: str | None = None) -> Any:
+              seed: int | None = None, source: str | None = None) -> Network:
     """Build a Network from a spec file path or dict; the ``[train]`` table ends up in
     ``network.train_config``. ``source`` names a dict's origin in error messages."""
-    from .graph import Input, Network, seeded
-    from .registry import get_registry
-
     if isinstance(path_or_dict, Mapping):
         spec, source = path_or_dict, source or "spec"
     else:
@@ -310,7 +310,8 @@ def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
             try:
                 tensors[name] = layer(*args, name=name)
             except DeltapropError as exc:
-                raise type(exc)(f"{source}: {exc}") from None
+                add_context(exc, source)
+                raise
             except (MemoryError, OverflowError, ValueError) as exc:  # e.g. units = 10**12
                 raise SpecError(f"{where} ({layer.name}): cannot build it for input shapes "
                                 f"{[list(a.shape) for a in args]}: {exc}") from None
@@ -321,44 +322,3 @@ def load_spec(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
         raise SpecError(f"{source}: {exc}") from None
     net.train_config = checked.train
     return net
-
-
-def network_to_spec(net: Any) -> dict[str, Any]:
-    """The spec dict of a network: the inverse of ``load_spec``."""
-    def ref(t: Any) -> str:
-        if t.node.layer is None:
-            return t.node.name
-        return t.node.name if len(t.node.outputs) == 1 else f"{t.node.name}:{t.index}"
-
-    inputs: dict[str, Any] = {}
-    for t in net.inputs:
-        shape = list(t.shape)
-        inputs[t.node.name] = shape if t.dtype == "float32" else {"shape": shape,
-                                                                  "dtype": t.dtype}
-    nodes = []
-    first_node: dict[int, str] = {}
-    for step in net.steps:
-        entry: dict[str, Any] = {"name": step.name}
-        if id(step.layer) in first_node:
-            entry["shares"] = first_node[id(step.layer)]
-        else:
-            first_node[id(step.layer)] = step.name
-            entry["layer"] = step.layer.name
-        entry["inputs"] = [ref(t) for t in step.node.inputs]
-        if "shares" not in entry:
-            entry.update(step.layer.get_config())
-        nodes.append(entry)
-    spec: dict[str, Any] = {"name": net.name, "inputs": inputs,
-                            "outputs": [ref(t) for t in net.outputs], "nodes": nodes}
-    train = getattr(net, "train_config", None)
-    if train:
-        spec["train"] = dict(train)
-    return json.loads(json.dumps(spec, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON data: {value!r}")

@@ -1,8 +1,7 @@
-"""Saving and loading networks: one ``.npz`` holding the spec as JSON and the weights.
+"""The npz container deltaprop writes and reads: atomic writes, and member-by-member
+reads that check each array's header before allocating and never unpickle.
 
-Nothing is pickled on either side: arrays are read with ``allow_pickle=False`` after
-their headers have been checked against what the spec declares, and the write is
-atomic (temporary file, fsync, rename), so a crash mid-save leaves the old file.
+Model files and checkpoints are both such containers (see ``model_format``).
 """
 
 from __future__ import annotations
@@ -21,14 +20,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import DeltapropError, ModelFileError
+from ..errors import DeltapropError, ModelFileError
 
-FORMAT = "deltaprop-model"
-FORMAT_VERSION = 1
 META = "__deltaprop__"
-PARAM_PREFIX = "param:"
 MAX_META_BYTES = 64 << 20
-
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
@@ -67,32 +62,6 @@ def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
             np.savez(handle, **{META: blob}, **arrays)  # type: ignore[arg-type]
     except OSError as exc:
         raise ModelFileError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-
-
-def save(net: Any, path: str | os.PathLike[str]) -> None:
-    """Write the network's spec and weights to ``path`` (a ``.npz``), atomically."""
-    write_npz(path, model_meta(net), model_arrays(net))
-
-
-def model_arrays(net: Any) -> dict[str, np.ndarray]:
-    """The weights of ``net`` under their member names in a model file."""
-    return {PARAM_PREFIX + k: v for k, v in net.params.items()}
-
-
-def model_meta(net: Any) -> dict[str, Any]:
-    """The metadata of a model file: spec, parameter list, and who provided each layer
-    (so a missing plugin can be named on load). Checkpoints extend it."""
-    from .registry import get_registry
-
-    registry = get_registry()
-    providers = {}
-    for layer in net.layers:
-        with contextlib.suppress(DeltapropError):
-            p = registry.provider("layer", layer.name)
-            providers[layer.name] = {"plugin": p.plugin, "distribution": p.distribution,
-                                     "version": p.version}
-    return {"format": FORMAT, "version": FORMAT_VERSION, "spec": net.to_spec(),
-            "providers": providers, "params": list(net.params)}
 
 
 class NpzReader:
@@ -185,72 +154,3 @@ def guarded(where: str, action: Callable[[], Any]) -> Any:
             NotImplementedError, RuntimeError, zlib.error, struct.error) as exc:
         # NotImplementedError: an unsupported zip compression; RuntimeError: encrypted
         raise ModelFileError(f"{where}: unreadable ({type(exc).__name__}: {exc})") from None
-
-
-def load(path: str | os.PathLike[str]) -> Any:
-    """Rebuild the network saved at ``path``; the file is checked before anything runs."""
-    where = f"model file {str(path)!r}"
-    return guarded(where, lambda: _load(path))
-
-
-def _load(path: str | os.PathLike[str]) -> Any:
-    from .layer import parameter_budget
-    from .registry import get_registry
-    from .spec import load_spec
-
-    with NpzReader(path) as reader:
-        where = reader.where
-        meta = reader.read_json()
-        if meta.get("format") != FORMAT:
-            raise ModelFileError(f"{where}: not a deltaprop model (format "
-                                 f"{meta.get('format')!r})")
-        if meta.get("version") != FORMAT_VERSION:
-            raise ModelFileError(f"{where}: format version {meta.get('version')!r} is not "
-                                 f"supported (this deltaprop reads {FORMAT_VERSION})")
-        spec, keys = meta.get("spec"), meta.get("params")
-        if not isinstance(spec, dict) or not isinstance(keys, list) or not all(
-            isinstance(k, str) for k in keys
-        ):
-            raise ModelFileError(f"{where}: metadata lacks a spec or a parameter list")
-        _check_layers_installed(where, spec, meta.get("providers"), get_registry())
-        members = [PARAM_PREFIX + k for k in keys]
-        with parameter_budget(reader.param_bytes(members) + 4096, where):
-            try:
-                net = load_spec(spec)
-            except DeltapropError as exc:
-                raise ModelFileError(f"{where}: {exc}") from None
-        expected = net.params
-        if set(expected) != set(keys):
-            missing = sorted(set(expected) - set(keys))
-            extra = sorted(set(keys) - set(expected))
-            raise ModelFileError(f"{where}: parameters do not match the spec (missing: "
-                                 f"{missing or 'none'}; unexpected: {extra or 'none'})")
-        by_key = {key: (layer, pname) for key, layer, pname in net._param_index}
-        for key in keys:
-            layer, pname = by_key[key]
-            current = layer.params[pname]
-            value = reader.read(PARAM_PREFIX + key, shape=current.shape, dtype=current.dtype)
-            if not np.isfinite(value).all():
-                raise ModelFileError(f"{where}: parameter {key!r} holds NaN or infinite "
-                                     f"values")
-            layer.params[pname] = value
-        return net
-
-
-def _check_layers_installed(where: str, spec: dict[str, Any], providers: Any,
-                            registry: Any) -> None:
-    installed = set(registry.names("layer"))
-    nodes = spec.get("nodes")
-    if not isinstance(nodes, list):
-        return
-    for node in nodes:
-        layer = node.get("layer") if isinstance(node, dict) else None
-        if isinstance(layer, str) and layer not in installed:
-            origin = providers.get(layer) if isinstance(providers, dict) else None
-            hint = ""
-            if isinstance(origin, dict) and origin.get("distribution"):
-                hint = (f"; it was provided by plugin {origin.get('plugin')!r} of the "
-                        f"distribution {origin['distribution']} {origin.get('version', '')}"
-                        f": install it (pip install {origin['distribution']})")
-            raise ModelFileError(f"{where}: node {node.get('name')!r} uses layer {layer!r}, "
-                                 f"which no installed plugin provides{hint}")

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
+from ..storage.npz import atomic_write
+
 PANEL_WIDTH, PANEL_HEIGHT = 360, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 30, 42
 COLORS = {"train": "#1f77b4", "held-out": "#ff7f0e", "accuracy": "#2ca02c"}
@@ -142,7 +144,6 @@ def learning_curves_svg(history: Any, title: str = "") -> str:
 def save_learning_curves(history: Any, path: str | os.PathLike[str], title: str = "") -> None:
     """Write ``learning_curves_svg`` to ``path`` atomically (an old file survives a
     failed write)."""
-    from .io import atomic_write
 
     with atomic_write(path) as handle:
         handle.write(learning_curves_svg(history, title).encode())

@@ -3,6 +3,15 @@ package's test suite checks every layer its distribution registers in a few line
 
     import pytest
 
+from ..registry import get_registry
+from .kit import (
+    check_conformance,
+    check_loss,
+    layer_cases,
+    layers_of_distribution,
+    normalized_name,
+)
+
     pytestmark = pytest.mark.deltaprop_distribution("my-layers")
 
     def test_layer_conformance(deltaprop_layer_case):
@@ -51,7 +60,6 @@ class LayerCase:
     def check(self, **options: Any) -> Any:
         """Run every conformance check (``options`` go to ``check_conformance``, e.g.
         ``skip=["dtypes"]``) and return its report."""
-        from .testing import check_conformance
 
         if not self.example:
             pytest.fail(f"layer {self.layer_class.name!r} of {self.distribution} declares no "
@@ -75,7 +83,6 @@ class LossCase:
         return _case_id(self.loss_class, self.example)
 
     def check(self, **options: Any) -> Any:
-        from .testing import check_loss
 
         if not self.example:
             pytest.fail(f"loss {self.loss_class.name!r} of {self.distribution} declares no "
@@ -93,7 +100,6 @@ class _Missing:
     id: str = "nothing-registered"
 
     def check(self, **options: Any) -> Any:
-        from .registry import get_registry
 
         failed = [f"{p.name}: {p.error}" for p in get_registry().plugins()
                   if p.status == "failed"]
@@ -131,8 +137,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
               if f in metafunc.fixturenames]
     if not wanted:
         return
-    from .registry import get_registry
-    from .testing import _normalize, layer_cases, layers_of_distribution
 
     distribution = _distribution(metafunc)
     for fixture in wanted:
@@ -145,8 +149,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             registry = get_registry()
             cases = [LossCase(registry.get("loss", n), example, distribution)
                      for n in registry.names("loss")
-                     if _normalize(registry.provider("loss", n).distribution)
-                     == _normalize(distribution)
+                     if normalized_name(registry.provider("loss", n).distribution)
+                     == normalized_name(distribution)
                      for example in (registry.get("loss", n).examples or [{}])]
             kind = "losses"
         if not cases:

@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from string import Template
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: Pythons deltaprop supports, for the generated tox.ini
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")

@@ -21,17 +21,16 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import DeltapropError, ModelFileError, TrainingError
-from .io import PARAM_PREFIX, NpzReader, guarded, model_arrays, model_meta, write_npz
-
-if TYPE_CHECKING:
-    from .graph import Network
-    from .loss import Loss
-    from .optimizer import Optimizer
+from ..errors import DeltapropError, ModelFileError, TrainingError
+from ..graph.graph import Graph
+from ..optimizer import Optimizer
+from ..storage.model_format import PARAM_PREFIX, model_arrays, model_meta
+from ..storage.npz import NpzReader, guarded, write_npz
+from .losses import OutputLosses
 
 CHECKPOINT_FILE = "checkpoint.npz"
 CHECKPOINT_VERSION = 1
@@ -66,23 +65,23 @@ class Position:
         return f"epoch {self.epoch + 1} after {self.batch} batch(es)"
 
 
-def data_digest(xs: Sequence[np.ndarray], y: np.ndarray | None) -> str:
+def data_digest(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> str:
     """A fingerprint of the training data, so a checkpoint is not resumed on other data."""
     h = hashlib.blake2b(digest_size=16)
-    for a in [*xs, *([] if y is None else [y])]:
+    for a in [*xs, *ys]:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]
     return h.hexdigest()
 
 
-def run_identity(net: Network, optimizer: Optimizer, loss: Loss, *, batch_size: int,
-                 seed: int | None, shuffle: bool, digest: str) -> dict[str, Any]:
+def run_identity(net: Graph, optimizer: Optimizer, losses: OutputLosses, *,
+                 batch_size: int, seed: int | None, shuffle: bool, digest: str
+                 ) -> dict[str, Any]:
     """What must be equal for a checkpoint to continue this run (the epoch count may grow)."""
     return {"network": net.name, "optimizer": optimizer.name,
-            "optimizer_config": optimizer.get_config(), "loss": loss.name,
-            "loss_config": loss.get_config(), "batch_size": batch_size, "seed": seed,
-            "shuffle": bool(shuffle), "data": digest}
+            "optimizer_config": optimizer.get_config(), **losses.describe(),
+            "batch_size": batch_size, "seed": seed, "shuffle": bool(shuffle), "data": digest}
 
 
 def checkpoint_path(location: str | os.PathLike[str]) -> Path:
@@ -91,7 +90,7 @@ def checkpoint_path(location: str | os.PathLike[str]) -> Path:
     return path if path.suffix == ".npz" else path / CHECKPOINT_FILE
 
 
-def save_checkpoint(location: str | os.PathLike[str], net: Network, optimizer: Optimizer,
+def save_checkpoint(location: str | os.PathLike[str], net: Graph, optimizer: Optimizer,
                     position: Position, rng: np.random.Generator,
                     identity: dict[str, Any]) -> Path:
     """Write a checkpoint atomically; the previous one stays until the rename."""
@@ -128,9 +127,9 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     optimizer_state: dict[str, np.ndarray]
 
-    def restore(self, net: Network, optimizer: Optimizer, rng: np.random.Generator) -> None:
+    def restore(self, net: Graph, optimizer: Optimizer, rng: np.random.Generator) -> None:
         """Put weights, optimizer state and generator state back (in place)."""
-        for key, layer, pname in net._param_index:
+        for key, layer, pname in net.plan.param_index:
             layer.params[pname] = self.params[key]
         optimizer.load_state_dict(self.optimizer_state)
         try:
@@ -140,7 +139,7 @@ class Checkpoint:
                                   f"({exc})") from None
 
 
-def load_checkpoint(location: str | os.PathLike[str], net: Network) -> Checkpoint:
+def load_checkpoint(location: str | os.PathLike[str], net: Graph) -> Checkpoint:
     """Read a checkpoint for ``net``: every array is checked against the network (names,
     shapes, dtypes) before anything is changed, and nothing is unpickled."""
     path = checkpoint_path(location)
@@ -155,7 +154,7 @@ def load_checkpoint(location: str | os.PathLike[str], net: Network) -> Checkpoin
         raise CheckpointError(str(exc)) from None
 
 
-def _read(path: Path, where: str, net: Network) -> Checkpoint:
+def _read(path: Path, where: str, net: Graph) -> Checkpoint:
     with NpzReader(path, kind="checkpoint") as reader:
         meta = reader.read_json()
         info = meta.get("checkpoint")
@@ -286,7 +285,7 @@ class Checkpointer:
     """Saves the training state of one ``fit`` run every epoch, every ``every`` batches,
     and when a signal asks training to stop."""
 
-    def __init__(self, location: str | os.PathLike[str], net: Network, optimizer: Optimizer,
+    def __init__(self, location: str | os.PathLike[str], net: Graph, optimizer: Optimizer,
                  identity: dict[str, Any], every: int | None = None) -> None:
         if every is not None and (isinstance(every, bool) or not isinstance(every, int)
                                   or every <= 0):

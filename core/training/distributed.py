@@ -28,16 +28,15 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import DataError, TrainingError
-from .optimizer import Optimizer
-
-if TYPE_CHECKING:
-    from .graph import Network
-    from .loss import Loss
+from ..errors import DataError, TrainingError
+from ..graph.graph import Graph
+from ..optimizer import Optimizer
+from .checkpoint import Checkpointer, TrainingInterrupted
+from .step import Reducer
 
 #: seconds a collective may wait for the other ranks before giving up
 DEFAULT_TIMEOUT = float(os.environ.get("DELTAPROP_MPI_TIMEOUT", "300"))
@@ -187,13 +186,13 @@ class Distributed:
         return bool(both[0] == -both[1])
 
     # -- training ---------------------------------------------------------------------------
-    def prepare_fit(self, net: Network, optimizer: Optimizer, *, batch_size: int,
-                    seed: int | None, progress: bool | None, n_samples: int
-                    ) -> tuple[DistributedOptimizer, int, int, bool | None]:
+    def prepare(self, graph: Graph, optimizer: Optimizer, *, batch_size: int,
+                seed: int | None, progress: bool | None, n_samples: int
+                ) -> tuple[int, int, bool | None]:
         """Called by ``fit`` before the first epoch: checks that every rank runs the same
-        thing, picks one seed, makes the replicas identical, and wraps the optimizer.
-        Returns ``(optimizer, global batch size, seed, progress)``."""
-        params = net.params
+        thing, picks one seed, and makes the replicas identical (weights and optimizer
+        state). Returns ``(global batch size, seed, progress)``."""
+        params = graph.params
         mine = {"n_samples": n_samples, "batch_size": batch_size,
                 "layout": [(k, a.shape, str(a.dtype)) for k, a in params.items()]}
         root = self.broadcast_object({**mine, "seed": seed if seed is not None
@@ -202,69 +201,20 @@ class Distributed:
                    f"training settings (samples {n_samples}, batch {batch_size}, "
                    f"{len(params)} parameter arrays)")
         self.broadcast_parameters(params)
-        dopt = (optimizer if isinstance(optimizer, DistributedOptimizer)
-                else DistributedOptimizer(optimizer, self))
-        dopt.load_state_dict(self.broadcast_object(dopt.state_dict(),
-                                                   "broadcast of the optimizer state"))
-        return dopt, batch_size * self.size, root["seed"], progress if self.is_root else False
+        optimizer.load_state_dict(self.broadcast_object(optimizer.state_dict(),
+                                                        "broadcast of the optimizer state"))
+        return batch_size * self.size, root["seed"], progress if self.is_root else False
 
     def shard(self, idx: np.ndarray) -> np.ndarray:
         """This rank's contiguous part of a global batch (sizes differ by at most one)."""
         bounds = np.linspace(0, len(idx), self.size + 1).round().astype(int)
         return idx[bounds[self.rank]:bounds[self.rank + 1]]
 
-    def train_step(self, net: Network, xs: Sequence[np.ndarray], y: np.ndarray,
-                   idx: np.ndarray, *, loss: Loss, optimizer: DistributedOptimizer,
-                   stop: Any = None) -> float:
-        """One step on the global batch ``idx``: this rank's shard forward and backward,
-        the fused allreduce, the same update on every rank. Returns the global mean loss.
+    def reducer(self) -> AllreduceGradients:
+        """The training step's reducer over this job's ranks."""
+        return AllreduceGradients(self)
 
-        ``stop`` (an object with a ``signum`` attribute, set by a signal handler) rides in
-        the same allreduce: when any rank was asked to stop, every rank's ``stop.signum``
-        is set after the step, so all of them stop at the same batch boundary."""
-        start = time.perf_counter()
-        mine = self.shard(idx)
-        grads = None
-        loss_sum = 0.0
-        if len(mine):
-            (prediction,) = net.forward([a[mine] for a in xs], train=True)
-            value, cache = loss.forward(prediction, y[mine])
-            net.backward([loss.backward(cache)], input_grads=False)
-            grads, loss_sum = net.grads, float(value) * len(mine)
-        self.stats["compute_seconds"] += time.perf_counter() - start
-        signum = getattr(stop, "signum", None) if stop is not None else None
-        loss_total, stopping, signum_total, samples = optimizer.step(
-            net.params, grads, weight=len(mine),
-            extras=(loss_sum, 1.0 if signum else 0.0, float(signum or 0)))
-        if stopping and stop is not None and not signum:
-            stop.signum = round(signum_total / stopping)
-        return float(loss_total / samples)
-
-    def evaluate(self, net: Network, x: Any, y: Any, *, loss: Loss,
-                 batch_size: int = 256) -> dict[str, float]:
-        """``deltaprop.train.evaluate`` with the data split over the ranks and the sums
-        reduced, so every rank gets the metrics of the whole set."""
-        from .train import as_input_list, check_data, predict
-
-        xs = as_input_list(net, x)
-        y = check_data(net, xs, y, loss, "evaluation data")
-        assert y is not None
-        mine = self.shard(np.arange(len(y)))
-        sums = np.zeros(3)
-        for start in range(0, len(mine), batch_size):
-            part = mine[start:start + batch_size]
-            prediction = predict(net, [a[part] for a in xs], batch_size=batch_size)
-            value, _ = loss.forward(prediction, y[part])
-            labels = y[part] if y.ndim == 1 else y[part].argmax(axis=-1)
-            sums += (float(value) * len(part),
-                     float(np.sum(prediction.argmax(axis=-1) == labels)), len(part))
-        self.allreduce_sum(sums, "allreduce of the evaluation metrics")
-        metrics = {"loss": float(sums[0] / max(sums[2], 1))}
-        if loss.classification:
-            metrics["accuracy"] = float(sums[1] / max(sums[2], 1))
-        return metrics
-
-    def root_only(self, checkpointer: Any) -> RootOnlyWriter:
+    def root_only(self, checkpointer: Checkpointer) -> RootOnlyWriter:
         """A checkpoint writer whose saves happen on rank 0 alone (see RootOnlyWriter)."""
         return RootOnlyWriter(checkpointer, self)
 
@@ -286,7 +236,7 @@ class Distributed:
             yield
         except BaseException as exc:
             if (self.size == 1 or (isinstance(exc, SystemExit) and not exc.code)
-                    or getattr(exc, "signum", None) is not None):
+                    or isinstance(exc, TrainingInterrupted)):
                 raise  # a stop request every rank agreed on (see train_step): no abort
             message = " ".join(str(exc).split()) or type(exc).__name__
             if not message.startswith("rank "):
@@ -370,65 +320,49 @@ class FlatLayout:
         return out
 
 
-class DistributedOptimizer(Optimizer):
-    """Wraps an optimizer so that ``step`` first averages the gradients over all ranks
-    with one allreduce of a flat buffer, then lets the wrapped optimizer update.
+class AllreduceGradients(Reducer):
+    """Each rank trains on its shard of every batch; one allreduce of a flat buffer then
+    sums the gradients (weighted by each rank's sample count, so uneven last batches
+    weigh right), the loss, the sample count and any stop request, so every rank
+    applies the same averaged gradient and stops at the same batch."""
 
-    ``weight`` is this rank's share (its sample count; default 1, a plain average) and
-    ``extras`` are scalars summed over ranks in the same call (the loss, a stop flag);
-    ``step`` returns those sums followed by ``sum(weight)``.
-    """
-
-    def __init__(self, optimizer: Optimizer, distributed: Distributed) -> None:
-        if isinstance(optimizer, DistributedOptimizer):
-            raise TrainingError("the optimizer is already distributed")
-        self.inner = optimizer
+    def __init__(self, distributed: Distributed) -> None:
         self.distributed = distributed
-        self.name = optimizer.name  # type: ignore[misc]
         self.steps = 0
         self._layout: FlatLayout | None = None
         self._flat: np.ndarray | None = None
+        self._started = 0.0
 
-    # the wrapped optimizer's settings and state are this one's
-    lr = property(lambda self: self.inner.lr,
-                  lambda self, value: setattr(self.inner, "lr", value))
-    t = property(lambda self: self.inner.t, lambda self, value: setattr(self.inner, "t", value))
-    state = property(lambda self: self.inner.state,
-                     lambda self, value: setattr(self.inner, "state", value))
+    def part(self, idx: np.ndarray) -> np.ndarray:
+        self._started = time.perf_counter()
+        return self.distributed.shard(idx)
 
-    def get_config(self) -> dict[str, Any]:
-        return self.inner.get_config()
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, flat: dict[str, np.ndarray]) -> None:
-        self.inner.load_state_dict(flat)
-
-    def step(  # type: ignore[override]
-            self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray] | None,
-             *, weight: float = 1.0, extras: Sequence[float] = ()) -> np.ndarray:
+    def reduce(self, grads: dict[str, np.ndarray] | None, loss_sum: float, samples: int,
+               params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        dist = self.distributed
+        if self._started:
+            dist.stats["compute_seconds"] += time.perf_counter() - self._started
+            self._started = 0.0
         layout = self._layout
-        if layout is None or layout.keys != list(params) or layout.extra != len(extras) + 1:
-            layout = self._layout = FlatLayout(params, extra=len(extras) + 1)
+        if layout is None or layout.keys != list(params):
+            layout = self._layout = FlatLayout(params, extra=4)
             self._flat = layout.empty()
-        flat = layout.pack(grads, float(weight), out=self._flat)
-        flat[layout.n:] = (*extras, weight)
+        signum = self.stop.signum if self.stop is not None else None
+        flat = layout.pack(grads, float(samples), out=self._flat)
+        flat[layout.n:] = (loss_sum, 1.0 if signum else 0.0, float(signum or 0), samples)
         self.steps += 1
-        self.distributed.allreduce_sum(flat, f"gradient allreduce of step {self.steps} "
-                                             f"({flat.nbytes} bytes)")
-        total = float(flat[-1])
+        dist.allreduce_sum(flat, f"gradient allreduce of step {self.steps} "
+                                 f"({flat.nbytes} bytes)")
+        loss_total, stopping, signum_total, total = (float(v) for v in flat[layout.n:])
         if not total > 0:
             raise TrainingError(f"step {self.steps}: no rank had samples to train on")
+        if stopping and self.stop is not None and not signum:
+            self.stop.signum = round(signum_total / stopping)
         flat[:layout.n] *= 1.0 / total
-        self.inner.step(params, layout.views(flat))
-        return flat[layout.n:].astype(np.float64)
+        return layout.views(flat), loss_total / total
 
-    def update(self, key: str, param: np.ndarray, grad: np.ndarray) -> None:
-        self.inner.update(key, param, grad)
-
-    def __repr__(self) -> str:
-        return f"<distributed {self.inner!r} over {self.distributed.size} ranks>"
+    def sum(self, values: np.ndarray, what: str) -> np.ndarray:
+        return self.distributed.allreduce_sum(np.array(values, dtype=np.float64), what)
 
 
 def run_on_ranks(command: Callable[..., int], args: Any, *, timeout: float | None = None
@@ -449,12 +383,12 @@ class RootOnlyWriter:
     runs on every rank (the checkpoint must be on a file system all ranks see) and the
     ranks must agree on whether one was found."""
 
-    def __init__(self, inner: Any, distributed: Distributed) -> None:
+    def __init__(self, inner: Checkpointer, distributed: Distributed) -> None:
         self.inner = inner
         self.distributed = distributed
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def last_good(self) -> str:
+        return self.inner.last_good()
 
     def resume(self, *args: Any, **kwargs: Any) -> Any:
         position = self.inner.resume(*args, **kwargs)
@@ -472,7 +406,7 @@ class RootOnlyWriter:
             self.inner.saved = position
 
     def after_batch(self, position: Any, rng: Any) -> None:
-        every = getattr(self.inner, "every", None)
+        every = self.inner.every
         if every and position.batch % every == 0:
             self.save(position, rng)
 
@@ -481,10 +415,10 @@ class RootOnlyWriter:
             return self.inner.interrupted(flag, position, rng)
         saved = self.inner.save
         try:
-            self.inner.save = lambda position, rng: None
+            self.inner.save = lambda position, rng: None  # type: ignore[method-assign]
             return self.inner.interrupted(flag, position, rng)
         finally:
-            self.inner.save = saved
+            self.inner.save = saved  # type: ignore[method-assign]
 
 
 def as_distributed(value: Any) -> Distributed | None:

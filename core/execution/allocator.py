@@ -3,15 +3,16 @@
 A training step allocates the same large arrays every time (activations, caches,
 deltas) and frees them when backward is done. With glibc's default policy those
 blocks go back to the kernel (big ones are mmapped and unmapped, the heap's top is
-trimmed) and the next step faults every page in again. On a virtual machine a
-page fault can cost several microseconds: measured here, 435,000 faults took about
-2 s of a 4.6 s digits CNN run, and 12,800 remained once freed memory was kept.
+trimmed) and the next step faults every page in again, which on a virtual machine
+can cost more than the arithmetic (``docs/performance.md`` has the figures).
 
 ``retain_freed_memory`` asks glibc (through ``mallopt``) to serve large blocks from
 the heap and never to trim it, as a caching allocator would. The price is that the
-process keeps its peak heap size until it exits. Networks call it when they are
-built; set ``DELTAPROP_RETAIN_MEMORY=0`` to keep the C library's defaults. On a
-C library other than glibc it does nothing.
+process keeps its peak heap size until it exits, which is the program's choice to
+make, not a library's: the ``deltaprop`` command applies it to its own process, and
+a Python program opts in with ``deltaprop.retain_freed_memory()``. Setting
+``DELTAPROP_RETAIN_MEMORY=0`` turns it off for the command too. On a C library
+other than glibc it does nothing.
 """
 
 from __future__ import annotations

@@ -27,10 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import construct
-from .errors import DeltapropError, ShapeError
-from .layer import Layer
-from .loss import Loss
+from ..config import construct
+from ..errors import DeltapropError, ShapeError
+from ..hookspecs import hookimpl
+from ..io.model import load, save
+from ..layer import Layer, call_build
+from ..loss import Loss
+from ..network import Network
+from ..registry import Registry, get_registry, reset_registry
+from ..tensor import Input
 
 #: Names of the conformance checks, in the order ``check_conformance`` runs them.
 CHECKS: tuple[str, ...] = (
@@ -117,7 +122,7 @@ def make_layer(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
     """Construct (through the same path as the registry) and build a layer."""
     layer = construct(layer_class, config)
     shapes = tuple(tuple(s) for s in input_shapes)
-    out = layer.build(shapes, rng=np.random.default_rng(build_seed))
+    out = call_build(layer, shapes, np.random.default_rng(build_seed))
     layer.input_shapes = shapes
     layer.output_shapes = tuple(tuple(s) for s in out)
     return layer
@@ -247,7 +252,6 @@ def _temporary_registry(layer_class: type[Layer]) -> tuple[Any, Any] | None:
     """Make sure ``layer_class`` is what the registry returns for its name (for layers
     defined in a test): returns (previous registry, temporary one) or None when no change
     is needed. Raises AssertionError when another class already holds the name."""
-    from .registry import Registry, get_registry, reset_registry
 
     current = get_registry()
     if layer_class.name in current.names("layer"):
@@ -258,7 +262,6 @@ def _temporary_registry(layer_class: type[Layer]) -> tuple[Any, Any] | None:
                              f"saved network could not be loaded back")
     temporary = Registry()
     module = types.ModuleType(f"conformance_{layer_class.name}")
-    from .hookspecs import hookimpl
 
     module.deltaprop_register_layers = hookimpl(lambda: [layer_class])  # type: ignore[attr-defined]
     temporary.register_plugin(module, name=module.__name__)
@@ -270,9 +273,6 @@ def check_save_load(layer_class: type[Layer], input_shapes: Sequence[Sequence[in
                     batch: int = 3, check_seed: int = 0, **config: Any) -> None:
     """Inside a network, the layer survives ``deltaprop.save`` / ``deltaprop.load``: the
     same parameters (state included) and the same inference outputs."""
-    from .graph import Input, Network
-    from .io import load, save
-    from .registry import reset_registry
 
     name = layer_class.name
     swapped = _temporary_registry(layer_class)
@@ -353,7 +353,6 @@ def check_cache_released(layer_class: type[Layer], input_shapes: Sequence[Sequen
                          batch: int = 3, check_seed: int = 0, **config: Any) -> None:
     """Inference keeps no cache; in a network the held cache bytes return to zero after
     backward; a cache does not hold the layer itself (which would keep it alive)."""
-    from .graph import Input, Network
 
     name = layer_class.name
     dtype = config.get("dtype", "float32")
@@ -495,7 +494,7 @@ def wrong_input_shapes(layer_class: type[Layer], input_shapes: Sequence[Sequence
         cases.append([*shapes, shapes[-1]])
         if n > 1:
             cases.append(shapes[:-1])
-    declared = [*getattr(layer_class, "bad_input_shapes", []), *extra]
+    declared = [*layer_class.bad_input_shapes, *extra]
     cases.extend([tuple(s) for s in case] for case in declared)
     return cases
 
@@ -505,13 +504,12 @@ def check_rejects_bad_shapes(layer_class: type[Layer], input_shapes: Sequence[Se
                              **config: Any) -> None:
     """``build`` refuses wrong shapes with a ShapeError naming them; through the functional
     API the message also names the node."""
-    from .graph import Input
 
     name = layer_class.name
     for bad in wrong_input_shapes(layer_class, input_shapes, bad_input_shapes):
         layer = construct(layer_class, config)
         try:
-            layer.build(tuple(bad), rng=np.random.default_rng(0))
+            call_build(layer, tuple(bad), np.random.default_rng(0))
         except ShapeError as exc:
             message = str(exc)
             if not message.strip():
@@ -651,16 +649,15 @@ def conformance_results(layer_classes: Iterable[type[Layer]], *,
 def layers_of_distribution(distribution: str) -> list[type[Layer]]:
     """The layer classes the installed ``distribution`` registers (through the registry,
     so exactly what a user gets)."""
-    from .registry import get_registry
 
     registry = get_registry()
-    wanted = _normalize(distribution)
+    wanted = normalized_name(distribution)
     found = [registry.get("layer", n) for n in registry.names("layer")
-             if _normalize(registry.provider("layer", n).distribution) == wanted]
+             if normalized_name(registry.provider("layer", n).distribution) == wanted]
     return found
 
 
-def _normalize(name: str) -> str:
+def normalized_name(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
@@ -708,8 +705,7 @@ def check_network_gradients(net: Any, inputs: Sequence[np.ndarray], *, seed: int
                     setattr(layer, key, value)
             for key in live_state[id(layer)]:
                 layer.params[key][...] = twin.params[key]
-        outs = net.forward(inputs, train=True)
-        net._release_caches()
+        outs = net.executor().forward(inputs, train=True)  # its caches die with it
         return float(sum(np.sum(o * w) for o, w in zip(outs, weights, strict=True)))
 
     report = GradientReport()

@@ -1,0 +1,170 @@
+"""Which loss trains which output, with what weight, against which targets.
+
+``loss`` is one loss (a registry name or a ``Loss``) for a one-output network, or for
+every output of several; a list with one entry per output; or a dict keyed by output
+name (``net.output_names``). An output whose entry is None, or which a dict leaves
+out, is not trained. ``loss_weights`` (a list or a dict, default 1 each) weighs each
+output's loss in the total that backward differentiates. Targets follow the same
+shape: one array for one output, else a list or a dict keyed by output name.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..graph.graph import Graph
+from ..loss import Loss
+from ..optimizer import Optimizer
+from ..registry import create_loss, create_optimizer
+
+LossSpec = str | Loss | Sequence[str | Loss | None] | Mapping[str, str | Loss]
+
+#: components a network was trained with by name: an optimizer created once keeps its
+#: state from one ``fit`` or ``train_step`` to the next
+_named: weakref.WeakKeyDictionary[Graph, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _components(graph: Graph) -> dict[Any, Any]:
+    found = _named.get(graph)
+    if found is None:
+        found = _named[graph] = {}
+    return found
+
+
+def resolve_loss(graph: Graph, loss: str | Loss) -> Loss:
+    if isinstance(loss, Loss):
+        return loss
+    if not isinstance(loss, str):
+        raise ConfigError(f"network {graph.name!r}: a loss is a registry name or a "
+                          f"deltaprop.Loss, got {type(loss).__name__}")
+    named = _components(graph)
+    key = ("loss", loss)
+    if key not in named:
+        named[key] = create_loss(loss)
+    return named[key]
+
+
+def resolve_optimizer(graph: Graph, optimizer: str | Optimizer) -> Optimizer:
+    """An optimizer given by name is created once per network, so its state persists."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if not isinstance(optimizer, str):
+        raise ConfigError(f"network {graph.name!r}: an optimizer is a registry name or a "
+                          f"deltaprop.Optimizer, got {type(optimizer).__name__}")
+    named = _components(graph)
+    key = ("optimizer", optimizer)
+    if key not in named:
+        named[key] = create_optimizer(optimizer)
+    return named[key]
+
+
+@dataclass(frozen=True)
+class OutputLoss:
+    """Output ``index`` (named ``name``) trains with ``loss``, weighted ``weight``."""
+
+    index: int
+    name: str
+    loss: Loss
+    weight: float
+
+
+class OutputLosses:
+    """The trained outputs of a network, each with its loss and weight."""
+
+    def __init__(self, graph: Graph, loss: LossSpec,
+                 loss_weights: Sequence[float] | Mapping[str, float] | None = None) -> None:
+        self.graph = graph
+        names = graph.output_names
+        per_output = self._per_output(graph, names, loss, "loss")
+        weights = self._per_output(graph, names, 1.0 if loss_weights is None else loss_weights,
+                                   "loss_weights")
+        self.outputs: list[OutputLoss] = []
+        for i, (name, entry, weight) in enumerate(zip(names, per_output, weights)):
+            if entry is None:
+                continue
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                    np.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"loss_weights: output {name!r} has weight {weight!r}; "
+                                  f"weights are finite numbers >= 0")
+            self.outputs.append(OutputLoss(i, name, resolve_loss(graph, entry), float(weight)))
+        if not self.outputs:
+            raise ConfigError(f"network {graph.name!r}: no output has a loss to train with")
+
+    @staticmethod
+    def _per_output(graph: Graph, names: list[str], value: Any, what: str) -> list[Any]:
+        n = len(names)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(names))
+            if unknown:
+                raise ConfigError(f"{what}: {', '.join(map(repr, unknown))} name(s) no output "
+                                  f"of network {graph.name!r}; its outputs are "
+                                  f"{', '.join(map(repr, names))}")
+            return [value.get(name) for name in names]
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise ConfigError(f"{what}: network {graph.name!r} has {n} output(s) "
+                                  f"({', '.join(map(repr, names))}), got {len(value)} entries")
+            return list(value)
+        return [value] * n
+
+    @property
+    def single(self) -> bool:
+        """One output, trained: targets are one array, metrics are unprefixed."""
+        return len(self.graph.outputs) == 1
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint records of the losses, so a resume cannot change them."""
+        if self.single:
+            (out,) = self.outputs
+            return {"loss": out.loss.name, "loss_config": out.loss.get_config()}
+        return {"loss": {o.name: o.loss.name for o in self.outputs},
+                "loss_config": {o.name: o.loss.get_config() for o in self.outputs},
+                "loss_weights": {o.name: o.weight for o in self.outputs}}
+
+    # -- targets -----------------------------------------------------------------------------
+    def split_targets(self, y: Any) -> list[Any]:
+        """One target per trained output, from an array, a list or a dict."""
+        names = self.graph.output_names
+        if self.single:
+            return [y]
+        if isinstance(y, Mapping):
+            missing = [o.name for o in self.outputs if o.name not in y]
+            if missing:
+                raise DataError(f"targets: no targets for output(s) "
+                                f"{', '.join(map(repr, missing))}")
+            return [y[o.name] for o in self.outputs]
+        if isinstance(y, (list, tuple)) and len(y) == len(names):
+            return [y[o.index] for o in self.outputs]
+        raise DataError(f"targets: network {self.graph.name!r} has {len(names)} outputs "
+                        f"({', '.join(map(repr, names))}): give a list with one target array "
+                        f"per output, or a dict keyed by output name")
+
+    def check_targets(self, y: Any, n_samples: int, what: str,
+                      output_shapes: Sequence[tuple[int, ...]] | None = None
+                      ) -> list[np.ndarray]:
+        """Every trained output's targets, checked against its prediction shape (or the
+        ``output_shapes`` given, for windows of a longer sequence) and converted."""
+        shapes = output_shapes or self.graph.output_shapes
+        checked = []
+        for out, target in zip(self.outputs, self.split_targets(y), strict=True):
+            target = np.asarray(target)
+            label = f"{what}: output {out.name!r}" if not self.single else what
+            if target.ndim == 0 or len(target) != n_samples:
+                raise DataError(f"{label}: x has {n_samples} samples but y has "
+                                f"{len(target) if target.ndim else 'a scalar'}")
+            try:
+                checked.append(out.loss.check_target(tuple(shapes[out.index]), target))
+            except DataError as exc:
+                raise DataError(f"{label}: {exc}") from None
+        return checked
+
+    def targets(self, y: Any) -> list[np.ndarray]:
+        """Targets of one batch as the losses take them (checked, for ``train_step``)."""
+        xs_batch = np.asarray(self.split_targets(y)[0])
+        return self.check_targets(y, len(xs_batch) if xs_batch.ndim else 0, "targets")

@@ -1,0 +1,104 @@
+"""The training step: forward, loss, backward, gradient reduction, update.
+
+Every way of training runs this one step; what differs is passed in. A ``Reducer``
+says which part of a batch this process trains on and how its gradients meet those
+of the other processes (``deltaprop.training.distributed`` sums them over MPI); a
+``CarriedState`` starts recurrent layers from where the last window ended (truncated
+BPTT); hooks watch every node, the loss and the update (anomaly detection). The loss
+of each output goes through the plan's loss fusion and ``Loss.value_and_grad``, so
+the arithmetic is the same in every mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import TrainingError
+from ..execution.hooks import Hook, bound
+from ..execution.state import CarriedState
+from ..graph.graph import Graph
+from ..optimizer import Optimizer
+from .losses import OutputLosses
+
+
+class Reducer:
+    """How one process's share of a step meets the others'. This one is a single
+    process: its part is the whole batch and its gradients are the step's."""
+
+    #: set by the training loop while it runs: a flag that signals set (see
+    #: ``checkpoint.stop_on_signals``), which a reducer over processes shares with them
+    stop: Any = None
+
+    def part(self, idx: np.ndarray) -> np.ndarray:
+        """The sample indices of a global batch this process trains on."""
+        return idx
+
+    def reduce(self, grads: dict[str, np.ndarray] | None, loss_sum: float, samples: int,
+               params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """The gradients to apply and the batch's mean loss, from this process's mean
+        gradients (None when it had no samples), its summed loss and its sample count."""
+        if grads is None or samples == 0:
+            raise TrainingError("a training step needs at least one sample")
+        return grads, loss_sum / samples
+
+    def sum(self, values: np.ndarray, what: str) -> np.ndarray:
+        """Sums over every process (evaluation figures); here, the values themselves."""
+        return values
+
+
+class TrainingStep:
+    """One optimizer update of ``graph`` from a batch: call it with the inputs and
+    the targets of each trained output."""
+
+    def __init__(self, graph: Graph, losses: OutputLosses, optimizer: Optimizer, *,
+                 reducer: Reducer | None = None, hooks: Sequence[Hook] = ()) -> None:
+        self.graph = graph
+        self.losses = losses
+        self.optimizer = optimizer
+        self.reducer = reducer or Reducer()
+        self.hooks = list(hooks)
+        self._loss_hooks = bound(self.hooks, "loss_computed")
+        self._before_update = bound(self.hooks, "before_update")
+        self._after_update = bound(self.hooks, "after_update")
+
+    def __call__(self, xs: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
+                 state: CarriedState | None = None) -> float:
+        """Train on this process's part of a batch; returns the batch's mean loss."""
+        graph = self.graph
+        plan = graph.plan
+        samples = len(xs[0])
+        grads = None
+        loss_sum = 0.0
+        executor = graph.executor(self.hooks)
+        if samples:
+            fusions = [plan.loss_fusion(out.index, out.loss) for out in self.losses.outputs]
+            skip = frozenset(f.skip for f in fusions if f.skip is not None)
+            values = executor.forward(xs, train=True, outputs=[f.slot for f in fusions],
+                                      skip=skip, state=state)
+            total = 0.0
+            seeds = []
+            for out, fusion, value, target in zip(self.losses.outputs, fusions, values,
+                                                  targets, strict=True):
+                loss, delta = fusion.loss.value_and_grad(value, target)
+                if out.weight != 1.0:
+                    delta = delta * out.weight
+                total += out.weight * loss
+                seeds.append((fusion.slot, delta))
+            for hook in self._loss_hooks:
+                hook(total, [(out.name, d) for out, (_, d) in zip(self.losses.outputs, seeds)])
+            executor.backward_from(seeds, input_grads=False)
+            grads, loss_sum = executor.grads, total * samples
+        grads, mean_loss = self.reducer.reduce(grads, loss_sum, samples, graph.params)
+        for hook in self._before_update:
+            hook(grads)
+        params = graph.params
+        self.optimizer.step(params, grads)
+        for after in self._after_update:
+            after(params, self.optimizer)
+        graph.grads = grads
+        graph.peak_cache_bytes = executor.peak_cache_bytes
+        graph.cache_bytes = executor.cache_bytes
+        return float(mean_loss)

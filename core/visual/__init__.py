@@ -1,0 +1,1 @@
+"""Drawings deltaprop makes itself, as standalone SVG: no plotting library, no Graphviz."""
