@@ -87,16 +87,21 @@ from deltaprop.distributed import Distributed
 dist = Distributed(timeout=30)
 x, y = problem()
 net = network(seed=1)
-opt, batch, _, _ = dist.prepare_fit(net, deltaprop.create_optimizer("sgd"), batch_size=8,
-                                    seed=0, progress=False, n_samples=len(x))
-loss = deltaprop.create_loss("softmax_cross_entropy")
+from deltaprop.training.losses import OutputLosses
+from deltaprop.training.step import TrainingStep
+
+opt = deltaprop.create_optimizer("sgd")
+batch, _, _ = dist.prepare(net, opt, batch_size=8, seed=0, progress=False, n_samples=len(x))
+reducer = dist.reducer()
 stop = SimpleNamespace(signum=None)
+reducer.stop = stop
+step = TrainingStep(net, OutputLosses(net, "softmax_cross_entropy"), opt, reducer=reducer)
 seen = []
-for step in range(6):
-    if dist.rank == 1 and step == 3:
+for k in range(6):
+    if dist.rank == 1 and k == 3:
         stop.signum = 15                 # as if SIGTERM reached rank 1 alone
-    dist.train_step(net, [x], y, np.arange(step * batch, (step + 1) * batch), loss=loss,
-                    optimizer=opt, stop=stop)
+    part = reducer.part(np.arange(k * batch, (k + 1) * batch))
+    step([x[part]], [y[part]])
     seen.append(stop.signum)
 print(f"rank {dist.rank} saw {seen}", flush=True)
 '''

@@ -31,14 +31,16 @@ def test_everything_stays_float32(layer_class, example, activation, fuse):
                            fuse=fuse)
     assert_float32([x for x in xs if np.issubdtype(x.dtype, np.floating)], "sample input")
     assert_float32(float_arrays(net.params), "parameter")
-    outs = net.forward(xs, train=True)
+    executor = net.executor()
+    outs = executor.forward(xs, train=True)
     assert_float32(float_arrays(outs), "training output")
-    for k, cache in enumerate(net._caches):
+    for k, cache in enumerate(executor.caches):
         assert_float32(float_arrays(cache), f"cache of {net.plan[k].name}")
     rng = np.random.default_rng(0)
-    grad_in = net.backward([rng.standard_normal(o.shape).astype(np.float32) for o in outs])
+    grad_in = executor.backward([rng.standard_normal(o.shape).astype(np.float32)
+                                 for o in outs])
     assert_float32(float_arrays(grad_in), "input delta")
-    assert_float32(float_arrays(net.grads), "parameter gradient")
+    assert_float32(float_arrays(executor.grads), "parameter gradient")
     assert_float32(float_arrays(net.forward(xs, train=False)), "inference output")
     for name in ("sgd", "adam"):
         config = {"momentum": 0.9, "weight_decay": 1e-3} if name == "sgd" else {}

@@ -113,10 +113,17 @@ class Executor:
             if len(outs) != len(step.out_slots):
                 raise GraphError(f"node {step.name!r}: layer {layer.name!r} returned "
                                  f"{len(outs)} outputs, declared {len(step.out_slots)}")
-            for s, out in zip(step.out_slots, outs):
-                values[s] = out
+            if len(outs) == 1:
+                s = step.out_slots[0]
+                values[s] = outs[0]
                 if s in wanted:
-                    wanted[s] = out
+                    wanted[s] = outs[0]
+            else:
+                for s, value in zip(step.out_slots, outs):
+                    values[s] = value
+                    if s in wanted:
+                        wanted[s] = value
+                value = None  # hold no reference that would defeat an in-place proof
             k = step.index
             kept_now = train and step.carries and keep_cache[k]
             if kept_now:
@@ -131,7 +138,7 @@ class Executor:
                 del seen
             for s in step.free_after:
                 values[s] = None
-            outs = None  # type: ignore[assignment]  # hold no reference that would defeat an in-place proof
+            outs = None  # type: ignore[assignment]  # the same
             if train and recomputing and step.carries:
                 for s in keep_values[k]:
                     self._kept[s] = values[s]

@@ -61,10 +61,8 @@ class FusedActivation(Layer):
     def get_config(self) -> dict[str, Any]:
         return {"layer": self.layer.name, "activation": self.activation.name}
 
-    def _activate(self, outs: Arrays) -> np.ndarray:
-        z = outs[0]
-        del outs
-        if self.in_place and sole_owner(z):
+    def _activate(self, z: np.ndarray, owned: bool) -> np.ndarray:
+        if owned:
             (y,), _ = self.activation.forward_in_place((z,), train=False)
         else:
             (y,), _ = self.activation.forward((z,), train=False)
@@ -72,7 +70,10 @@ class FusedActivation(Layer):
 
     def forward(self, inputs: Arrays, *, train: bool) -> tuple[Arrays, Any]:
         outs, inner = self.layer.forward(inputs, train=train)
-        y = self._activate(outs)
+        z = outs[0]
+        del outs  # so that ``sole_owner`` sees only ``z``
+        owned = self.in_place and sole_owner(z)  # before ``z`` is passed anywhere
+        y = self._activate(z, owned)
         return (y,), ((inner, y) if train else None)
 
     def carries_state(self) -> bool:
@@ -81,7 +82,10 @@ class FusedActivation(Layer):
     def forward_with_state(self, inputs: Arrays, *, train: bool, state: Any
                            ) -> tuple[Arrays, Any, Any]:
         outs, inner, final = self.layer.forward_with_state(inputs, train=train, state=state)
-        y = self._activate(outs)
+        z = outs[0]
+        del outs
+        owned = self.in_place and sole_owner(z)  # before ``z`` is passed anywhere
+        y = self._activate(z, owned)
         return (y,), ((inner, y) if train else None), final
 
     def backward(self, cache: Any, grad_outputs: Arrays, *,

@@ -165,9 +165,10 @@ class Graph:
         """
         executor = self.executor()
         outputs = executor.forward(arrays, train=train, state=state)
+        # a new forward on this thread ends the last one's wait for its backward
+        self._pending.executor = executor if train else None
+        self.cache_bytes = executor.cache_bytes
         if train:
-            self._pending.executor = executor
-            self.cache_bytes = executor.cache_bytes
             self.peak_cache_bytes = executor.peak_cache_bytes
         return outputs
 
@@ -191,7 +192,9 @@ class Graph:
     def memory_report(self, x: Any = None, *, batch: int = 32) -> MemoryReport:
         """Run one training forward and backward (on ``x``, or zeros of ``batch`` samples)
         and list per executed node the bytes its cache holds and why, and the peak."""
-        return build_report(self, x, batch)
+        report = build_report(self, x, batch)
+        self.cache_bytes, self.peak_cache_bytes = 0, report.peak_bytes
+        return report
 
     # -- description -------------------------------------------------------------------------
     def to_spec(self) -> dict[str, Any]:

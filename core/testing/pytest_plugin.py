@@ -3,15 +3,6 @@ package's test suite checks every layer its distribution registers in a few line
 
     import pytest
 
-from ..registry import get_registry
-from .kit import (
-    check_conformance,
-    check_loss,
-    layer_cases,
-    layers_of_distribution,
-    normalized_name,
-)
-
     pytestmark = pytest.mark.deltaprop_distribution("my-layers")
 
     def test_layer_conformance(deltaprop_layer_case):
@@ -34,6 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from ..registry import get_registry
+from .kit import (
+    check_conformance,
+    check_loss,
+    layer_cases,
+    layers_of_distribution,
+    normalized_name,
+)
 
 INI_OPTION = "deltaprop_distribution"
 MARKER = "deltaprop_distribution"

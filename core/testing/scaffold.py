@@ -130,8 +130,11 @@ TEMPLATES["src/MODULE/layers.py"] = '''\
 
 A layer is a class with a registry ``name``, its hyper-parameters as keyword
 arguments, ``build`` (shapes without the batch dimension -> output shapes, creating
-parameters), ``forward`` (outputs and what backward needs) and ``backward`` (deltas of
-the inputs and gradients of the parameters). It keeps nothing per call on itself.
+parameters; only needed for parameters or a change of shape), ``forward`` (outputs
+and what backward needs) and ``backward`` (deltas of the inputs and gradients of the
+parameters). It keeps nothing per call on itself. Everything else is optional (``rng``
+in build, ``needs_grad`` in backward, fusion, working in place, carried state...):
+see the docstrings of ``deltaprop.Layer``.
 """
 
 from __future__ import annotations
@@ -162,26 +165,27 @@ class $class_name(Layer):
         super().__init__(dtype=dtype, label=label)
         self.initializer = initializer
 
-    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape, ...]:
+    def build(self, input_shapes: Sequence[Shape]) -> tuple[Shape, ...]:
         self.expect_inputs(input_shapes)
         (shape,) = input_shapes
         if len(shape) < 1:
             raise ShapeError(f"$layer needs inputs with a feature axis, got shape {shape}")
-        self.add_param("s", (shape[-1],), self.initializer, rng)
+        # rng None: "ones" and "zeros" draw nothing. For a random initializer, add
+        # ``rng=None`` to build's signature and pass it on: deltaprop then hands build
+        # the network's seeded generator.
+        self.add_param("s", (shape[-1],), self.initializer, None)
         return (tuple(shape),)
 
     def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
         (x,) = inputs
         return (x * self.params["s"],), (x if train else None)
 
-    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
-                 needs_grad: Sequence[bool] | None = None
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...]
                  ) -> tuple[tuple[Any, ...], dict[str, np.ndarray]]:
         x = cache
         (g,) = grad_outputs
         grad_s = (g * x).reshape(-1, x.shape[-1]).sum(axis=0)
-        dx = g * self.params["s"] if needs_grad is None or needs_grad[0] else None
-        return (dx,), {"s": grad_s}
+        return (g * self.params["s"],), {"s": grad_s}
 
 
 @hookimpl
