@@ -28,7 +28,7 @@ def one_thread_each() -> bool:
 class Timings(dict[str, float]):
     """Median milliseconds per candidate; ``samples`` keeps every round's times, so that
     ratios can also be taken round by round (paired: both calls ran in the same moment
-    of the machine, whose speed drifts by a fifth between minutes on a shared VM)."""
+    of the machine, whose speed drifts between minutes on a shared VM)."""
 
     def __init__(self, samples: dict[str, list[float]]) -> None:
         super().__init__({name: float(np.median(v)) for name, v in samples.items()})
@@ -48,9 +48,8 @@ def interleaved_medians(candidates: dict[str, Callable[[], Any]], *, repeats: in
     Each turn first runs its candidate untimed for ``settle_seconds`` (default: none with
     one thread per library, else ``SETTLE_SECONDS``). Idle OpenBLAS and OpenMP threads
     keep spinning for a while after their last call, so right after the other library's
-    turn a candidate shares the cores with them: unsettled, the LSTM step on two cores
-    took 32.7 ms here against 28.1 ms settled, PyTorch's 42.1 against 21.1 ms, which
-    turned a 1.33x into a 0.78x."""
+    turn a candidate shares the cores with them, and an unsettled ratio can land on
+    either side of 1 for the same code (docs/performance.md has an example)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()

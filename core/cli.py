@@ -21,7 +21,7 @@ from .execution.allocator import retain_freed_memory
 from .io.data import describe, load_data
 from .io.model import load, save
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
-from .registry import KINDS, create_loss, create_optimizer, deltaprop_version, get_registry
+from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
 from .storage.npz import atomic_write
 from .testing.kit import conformance_results, layers_of_distribution
 from .testing.scaffold import create_plugin
@@ -166,8 +166,9 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
                                    f"lr={optimizer.lr}, batch {batch_size}")
         print(f"learning curves written to {args.plot}")
     if args.metrics_json and writer:
-        report = {"test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
-                  "final_train_loss": final_loss, "epochs": epochs, "seconds": seconds}
+        report: dict[str, Any] = {
+            "test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
+            "final_train_loss": final_loss, "epochs": epochs, "seconds": seconds}
         if memory is not None:
             report["memory"] = memory.as_dict()
         with atomic_write(args.metrics_json) as handle:

@@ -11,8 +11,9 @@ chunk to the next (``fit(..., bptt=k)``).
 
 Measured with ``--epochs 5`` (400,000 characters of fortunes, 110 distinct, a 256-unit
 LSTM, 329k parameters): 2.69 bits per character on the held-out tenth, against 6.78 for
-a uniform guess. On a machine shared with other jobs, ``OPENBLAS_NUM_THREADS=1`` can be
-much faster than OpenBLAS's default of one thread per core.
+a uniform guess. On a machine shared with other jobs, set ``OPENBLAS_NUM_THREADS=1``:
+with OpenBLAS's default of one thread per core, its threads wait for each other on
+cores that are busy elsewhere (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import time
 import numpy as np
 
 import deltaprop
-from deltaprop.bptt import carry_states, evaluate_truncated
 
 FORTUNES = "/usr/share/games/fortunes"
 
@@ -85,22 +85,21 @@ def make_spec(vocab: int, steps: int, units: int, embed: int) -> dict:
 def sample(net_1step: deltaprop.Network, chars: list[str], start: str, n: int,
            temperature: float, rng: np.random.Generator) -> str:
     """Feed the prompt, then draw one character at a time; the LSTM state is carried
-    between calls by ``carry_states``."""
+    from one call to the next by a ``deltaprop.CarriedState``."""
     index = {c: i for i, c in enumerate(chars)}
     out = list(start)
-    with carry_states() as carry:
-        logits = None
-        for c in start:
-            carry.new_pass()
-            (logits,) = net_1step.forward(np.array([[index.get(c, 0)]]))
-        for _ in range(n):
-            z = logits[0, -1].astype(np.float64) / temperature
-            p = np.exp(z - z.max())
-            p /= p.sum()
-            k = int(rng.choice(len(p), p=p))
-            out.append(chars[k])
-            carry.new_pass()
-            (logits,) = net_1step.forward(np.array([[k]]))
+    state = deltaprop.CarriedState()
+    logits = None
+    for c in start:
+        (logits,) = net_1step.forward(np.array([[index.get(c, 0)]]), state=state)
+    for _ in range(n):
+        assert logits is not None
+        z = logits[0, -1].astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        k = int(rng.choice(len(p), p=p))
+        out.append(chars[k])
+        (logits,) = net_1step.forward(np.array([[k]]), state=state)
     return "".join(out)
 
 
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     net.fit(x, y, bptt=args.bptt, loss=loss, optimizer=optimizer, epochs=args.epochs,
             batch_size=args.batch_size, seed=args.seed, validation=(vx, vy),
             on_epoch_end=report, progress=False)
-    held = evaluate_truncated(net, [vx], vy, args.bptt, loss=loss) / math.log(2)
+    held = net.evaluate(vx, vy, loss=loss, bptt=args.bptt)["loss"] / math.log(2)
     print(f"held-out: {held:.3f} bits per character")
 
     # the same network, one step at a time, for generation

@@ -22,17 +22,17 @@ import numpy as np
 import pytest
 
 import deltaprop
+from deltaprop.errors import DeltapropError, TrainingError
+from deltaprop.storage.npz import NpzReader, write_npz
 from deltaprop.training.anomaly import AnomalyDetector, AnomalyError
-from deltaprop.training.losses import OutputLosses
-from deltaprop.training.step import TrainingStep
 from deltaprop.training.checkpoint import (
     CheckpointError,
     TrainingInterrupted,
     checkpoint_path,
     load_checkpoint,
 )
-from deltaprop.errors import DeltapropError, TrainingError
-from deltaprop.storage.npz import NpzReader, write_npz
+from deltaprop.training.losses import OutputLosses
+from deltaprop.training.step import TrainingStep
 
 DRIVER = Path(__file__).with_name("crash_driver.py")
 EPOCHS, BATCH, STEPS = 3, 32, 45  # the bundled digits: 1438 training samples, 45 batches

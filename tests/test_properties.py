@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 import deltaprop
 from deltaprop.config import construct
 from deltaprop.errors import DeltapropError
-from deltaprop.storage.npz import META
 from deltaprop.layer import Layer
+from deltaprop.storage.npz import META
 from deltaprop.testing import check_network_gradients, make_layer
 
 REGISTRY = deltaprop.get_registry()

@@ -59,7 +59,7 @@ class Executor:
         for slot, value in zip(plan.input_slots, checked):
             values[slot] = value
         out_slots = plan.output_slots if outputs is None else outputs
-        wanted = {s: None for s in out_slots}
+        wanted: dict[int, Any] = {s: None for s in out_slots}
         for s in wanted.keys() & set(plan.input_slots):
             wanted[s] = values[s]
         tracker = None
@@ -123,7 +123,7 @@ class Executor:
                     values[s] = value
                     if s in wanted:
                         wanted[s] = value
-                value = None  # hold no reference that would defeat an in-place proof
+                value = None  # type: ignore[assignment]  # no reference may defeat an in-place proof
             k = step.index
             kept_now = train and step.carries and keep_cache[k]
             if kept_now:
@@ -217,7 +217,7 @@ class Executor:
                     param_grads[key] = np.zeros_like(layer.params[pname])
         self.grads = param_grads
         self._kept.clear()
-        result: list[np.ndarray | None] = []
+        result: list[Any] = []
         for t, slot, is_float in zip(plan.inputs, plan.input_slots, plan.float_inputs):
             if not input_grads or not is_float:
                 result.append(None)

@@ -128,12 +128,11 @@ def fuse_activations(steps: Sequence[Step], output_slots: Sequence[int]) -> list
     for i, step in enumerate(steps):
         if i in merged:
             continue
-        j = activation_of.get(i)
-        if j is None:
+        if i not in activation_of:
             plan.append(Step(step.node, step.layer, step.name, step.in_slots, step.out_slots,
                              nodes=step.nodes))
             continue
-        act = steps[j]
+        act = steps[activation_of[i]]
         fused = step.layer.fused_with(act.layer) or FusedActivation(step.layer, act.layer)
         plan.append(Step(step.node, fused, f"{step.name}+{act.name}", step.in_slots,
                          act.out_slots, nodes=(*step.nodes, *act.nodes)))

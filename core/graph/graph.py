@@ -123,8 +123,8 @@ class Graph:
     @property
     def output_names(self) -> list[str]:
         """The name of each output: its node's name, with ``:k`` for output k of several."""
-        return [t.node.name if len(t.node.outputs) == 1 else f"{t.node.name}:{t.index}"
-                for t in self.outputs]  # type: ignore[misc]
+        return [f"{t.node.name}" if len(t.node.outputs) == 1 else f"{t.node.name}:{t.index}"
+                for t in self.outputs]
 
     # -- hooks -------------------------------------------------------------------------------
     def add_hook(self, hook: Hook) -> Hook:

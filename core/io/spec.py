@@ -25,8 +25,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
-
 from ..errors import DeltapropError, SpecError, add_context
 from ..network import Network
 from ..registry import get_registry

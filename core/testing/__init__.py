@@ -19,11 +19,11 @@ from .kit import (
     conformance_results,
     layer_cases,
     layers_of_distribution,
-    trainable_names,
-    wrong_input_shapes,
     make_layer,
     numeric_gradient,
     sample_inputs,
+    trainable_names,
+    wrong_input_shapes,
 )
 
 __all__ = [

@@ -27,7 +27,7 @@ from ..optimizer import Optimizer
 from .anomaly import AnomalyDetector, AnomalyError
 from .bptt import SequenceWindows
 from .checkpoint import Checkpointer, Position, data_digest, run_identity, stop_on_signals
-from .distributed import Distributed, as_distributed
+from .distributed import as_distributed
 from .losses import LossSpec, OutputLosses, resolve_optimizer
 from .progress import ProgressBar, show_progress
 from .step import Reducer, TrainingStep
@@ -179,8 +179,9 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
     if detect_anomaly:
         watchers.append(AnomalyDetector())
     step = TrainingStep(graph, losses, opt, reducer=reducer, hooks=watchers)
-    batch_start, batch_end = bound(watchers, "batch_start"), bound(watchers, "batch_end")
-    epoch_end = bound(watchers, "epoch_end")
+    watching = [*graph.hooks, *watchers]  # the network's own hooks see the loop too
+    batch_start, batch_end = bound(watching, "batch_start"), bound(watching, "batch_end")
+    epoch_end = bound(watching, "epoch_end")
     start = time.perf_counter()
     try:  # numpy's overflow warnings are redundant: a non-finite loss stops training
         with stop_on_signals(saver is not None) as stop, np.errstate(

@@ -60,9 +60,6 @@ class TrainingStep:
         self.optimizer = optimizer
         self.reducer = reducer or Reducer()
         self.hooks = list(hooks)
-        self._loss_hooks = bound(self.hooks, "loss_computed")
-        self._before_update = bound(self.hooks, "before_update")
-        self._after_update = bound(self.hooks, "after_update")
 
     def __call__(self, xs: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
                  state: CarriedState | None = None) -> float:
@@ -73,6 +70,7 @@ class TrainingStep:
         grads = None
         loss_sum = 0.0
         executor = graph.executor(self.hooks)
+        watching = [*graph.hooks, *self.hooks]  # the network's own hooks see the step too
         if samples:
             fusions = [plan.loss_fusion(out.index, out.loss) for out in self.losses.outputs]
             skip = frozenset(f.skip for f in fusions if f.skip is not None)
@@ -87,16 +85,16 @@ class TrainingStep:
                     delta = delta * out.weight
                 total += out.weight * loss
                 seeds.append((fusion.slot, delta))
-            for hook in self._loss_hooks:
+            for hook in bound(watching, "loss_computed"):
                 hook(total, [(out.name, d) for out, (_, d) in zip(self.losses.outputs, seeds)])
             executor.backward_from(seeds, input_grads=False)
             grads, loss_sum = executor.grads, total * samples
         grads, mean_loss = self.reducer.reduce(grads, loss_sum, samples, graph.params)
-        for hook in self._before_update:
+        for hook in bound(watching, "before_update"):
             hook(grads)
         params = graph.params
         self.optimizer.step(params, grads)
-        for after in self._after_update:
+        for after in bound(watching, "after_update"):
             after(params, self.optimizer)
         graph.grads = grads
         graph.peak_cache_bytes = executor.peak_cache_bytes

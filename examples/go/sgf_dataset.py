@@ -6,11 +6,14 @@ move: their stones, the opponent's stones, and the empty points. The label of a
 position is the point played next, ``row * size + column``. Passes are played on the
 board (the turn changes) but are not examples.
 
-    python -m deltaprop.go SGF_FOLDER OUT.npz [--test-fraction 0.2] [--symmetries]
+    python examples/go/sgf_dataset.py SGF_FOLDER OUT.npz [--test-fraction 0.2] [--symmetries]
 
 The ``.npz`` holds ``x_train, y_train, x_test, y_test`` and ``game_train, game_test``
 (the game index of each example), split by game so no game is on both sides, and is
 read by ``deltaprop train --data OUT.npz``.
+
+This is an example built on deltaprop, not part of the framework. ``evaluate.py`` next
+to it imports the accuracy helpers from here.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from deltaprop.errors import DataError
 
 EMPTY, BLACK, WHITE = 0, 1, 2
 COLORS = {"B": BLACK, "W": WHITE}
@@ -338,7 +341,7 @@ def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deltaprop.go",
+    parser = argparse.ArgumentParser(prog="sgf_dataset.py",
                                      description="Build a Go move-prediction .npz from SGF "
                                                  "files, split by game.")
     parser.add_argument("folder", help="folder of .sgf files")
@@ -357,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                seed=args.seed, size=args.size, augment=args.symmetries,
                                exclude_comment=args.exclude_comment)
     except DataError as exc:
-        print(f"deltaprop.go: error: {exc}", file=sys.stderr)
+        print(f"sgf_dataset.py: error: {exc}", file=sys.stderr)
         return 2
     n_games = {k: len(np.unique(v)) for k, v in arrays.items() if k.startswith("game_")}
     print(f"{args.out}: {len(arrays['y_train'])} train positions "
