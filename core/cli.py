@@ -284,6 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltaprop", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.set_defaults(func=None)
     sub = parser.add_subparsers(dest="command")
 
     train = sub.add_parser("train", help="train a network (default: dense/sigmoid on digits)")
@@ -373,7 +374,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.version:
         print(f"deltaprop {deltaprop_version()}")
         return 0
-    if not getattr(args, "func", None):
+    if args.func is None:
         parser.print_help()
         return EXIT_ERROR
     try:

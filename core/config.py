@@ -57,13 +57,13 @@ class Configurable:
         return construct(cls, {**config, **extra})
 
 
-def construct(cls: Any, config: dict[str, Any]) -> Any:
+def construct(cls: type[Configurable], config: dict[str, Any]) -> Any:
     """Instantiate ``cls(**config)``, turning an unknown key into a ConfigError that lists
     the valid ones instead of a bare TypeError."""
-    keys = cls.config_keys() if hasattr(cls, "config_keys") else []
-    allowed = set(keys) | set(getattr(cls, "_not_config", ()))
+    keys = cls.config_keys()
+    allowed = set(keys) | set(cls._not_config)
     unknown = sorted(set(config) - allowed)
-    kind = getattr(cls, "kind", "component")
+    kind = cls.kind
     if unknown:
         raise ConfigError(
             f"{kind} {cls.name!r}: unknown config key(s) {', '.join(map(repr, unknown))}; "

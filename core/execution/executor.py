@@ -12,7 +12,7 @@ are measured once per input shape (in the plan) and reused.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,11 @@ class Executor:
         self._forward_hooks = bound(hooks, "forward_node")
         self._backward_hooks = bound(hooks, "backward_node")
         self._pending = False
-        self._skip: Collection[int] = ()
+        self._skip: frozenset[int] = frozenset()
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, arrays: Any, *, train: bool = False,
-                outputs: Sequence[int] | None = None, skip: Collection[int] = (),
+                outputs: Sequence[int] | None = None, skip: frozenset[int] = frozenset(),
                 state: CarriedState | None = None) -> list[np.ndarray]:
         """Run the plan on input arrays and return the values of the ``outputs`` slots
         (default: the network's outputs). ``skip`` leaves steps out (a fused loss
@@ -70,7 +70,8 @@ class Executor:
             self._pending = True
             self._skip = skip
             self.peak_cache_bytes = 0
-            layout_key = (frozenset(skip), *(v.shape for v in checked))
+            layout_key = (skip, *(v.shape for v in checked)) if skip else (
+                *(v.shape for v in checked),)
             layout = plan.layouts.get(layout_key)
             if layout is None or plan.segments is not None or self._forward_hooks:
                 tracker = self._tracker = memory.ByteTracker()

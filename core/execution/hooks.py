@@ -14,6 +14,7 @@ arrays it is shown.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -64,11 +65,18 @@ class Hook:
         """After epoch ``epoch``: its mean training loss and any validation figures."""
 
 
+@functools.cache
+def _overrides(hook_class: type[Hook], method: str) -> bool:
+    return getattr(hook_class, method) is not getattr(Hook, method)
+
+
 def overrides(hook: Hook, method: str) -> bool:
     """True when ``hook``'s class defines its own ``method``."""
-    return getattr(type(hook), method) is not getattr(Hook, method)
+    return _overrides(type(hook), method)
 
 
 def bound(hooks: Sequence[Hook], method: str) -> list[Callable[..., None]]:
     """The bound ``method`` of each hook that overrides it, in order."""
-    return [getattr(h, method) for h in hooks if overrides(h, method)]
+    if not hooks:
+        return []
+    return [getattr(h, method) for h in hooks if _overrides(type(h), method)]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..storage.npz import NpzReader, guarded
 
 #: IDX type codes (the third byte of the magic number)
 _IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
@@ -141,7 +142,6 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
 
 def load_npz_dataset(path: str | os.PathLike[str]) -> Dataset:
     """An ``.npz`` with ``x_train, y_train, x_test, y_test`` (never unpickled)."""
-    from ..storage.npz import NpzReader, guarded
 
     where = f"data file {str(path)!r}"
 

@@ -107,6 +107,8 @@ class _Checked:
 
     def __init__(self, spec: Any, source: str) -> None:
         self.source = source
+        self.inputs: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
         if not isinstance(spec, Mapping):
             raise SpecError(f"{source}: a spec is a table/object, got {type(spec).__name__}")
         unknown = sorted(set(spec) - TOP_LEVEL_KEYS)
@@ -126,7 +128,6 @@ class _Checked:
         inputs = spec.get("inputs")
         if not isinstance(inputs, Mapping) or not inputs:
             raise SpecError(f"{source}: needs an [inputs] table of name = shape")
-        self.inputs: dict[str, tuple[tuple[int, ...], str]] = {}
         for name, value in inputs.items():
             self._check_name(name, f"{source}: input")
             shape, dtype = _shape(value, f"{source}: input {name!r}")
@@ -134,7 +135,6 @@ class _Checked:
         nodes = spec.get("nodes")
         if not isinstance(nodes, list) or not nodes:
             raise SpecError(f"{source}: needs a list of nodes ([[nodes]] tables)")
-        self.nodes: dict[str, dict[str, Any]] = {}
         for i, node in enumerate(nodes):
             self._check_node(i, node)
         outputs = spec.get("outputs")
@@ -154,7 +154,7 @@ class _Checked:
         if not isinstance(name, str) or not _NAME.match(name):
             raise SpecError(f"{what} name {name!r} must start with a letter or _ and use "
                             f"letters, digits, _ . - @")
-        if name in getattr(self, "inputs", {}) or name in getattr(self, "nodes", {}):
+        if name in self.inputs or name in self.nodes:
             raise SpecError(f"{what} name {name!r} is used twice")
 
     def _check_node(self, i: int, node: Any) -> None:

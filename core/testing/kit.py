@@ -113,7 +113,7 @@ def numeric_gradient(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -
 def trainable_names(layer: Layer) -> list[str]:
     """The parameters an optimizer updates: all of ``params`` except the layer's
     ``non_trainable`` ones (running statistics and other state saved with the weights)."""
-    frozen = set(getattr(layer, "non_trainable", ()))
+    frozen = set(layer.non_trainable)
     return [name for name in layer.params if name not in frozen]
 
 
@@ -138,7 +138,7 @@ def sample_inputs(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]
 def _replays(layer: Layer) -> bool:
     """Layers whose training forward draws random numbers or updates state say so with
     ``recomputable = False``; the kit replays those from a copy taken before the call."""
-    return not getattr(layer, "recomputable", True)
+    return not layer.recomputable
 
 
 def _replica(snapshot: Layer, live: Layer) -> Layer:

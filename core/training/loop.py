@@ -28,7 +28,7 @@ from .anomaly import AnomalyDetector, AnomalyError
 from .bptt import SequenceWindows
 from .checkpoint import Checkpointer, Position, data_digest, run_identity, stop_on_signals
 from .distributed import as_distributed
-from .losses import LossSpec, OutputLosses, resolve_optimizer
+from .losses import LossSpec, OutputLosses, components, resolve_optimizer
 from .progress import ProgressBar, show_progress
 from .step import Reducer, TrainingStep
 
@@ -117,10 +117,27 @@ def train_step(graph: Graph, x: Any, y: Any, *, loss: LossSpec,
                optimizer: str | Optimizer, loss_weights: Weights = None) -> float:
     """Forward, loss, backward and one optimizer update on a batch; returns the loss
     (the weighted total for several outputs)."""
-    losses = OutputLosses(graph, loss, loss_weights)
-    step = TrainingStep(graph, losses, resolve_optimizer(graph, optimizer))
+    step = _step_for(graph, loss, resolve_optimizer(graph, optimizer), loss_weights)
     xs = graph.plan.check_inputs(x)
-    return step(xs, losses.check_targets(y, len(xs[0]), "targets"))
+    return step(xs, step.losses.check_targets(y, len(xs[0]), "targets"))
+
+
+def _step_for(graph: Graph, loss: LossSpec, optimizer: Optimizer,
+              loss_weights: Weights) -> TrainingStep:
+    """The training step of ``train_step`` calls with one loss and optimizer, built once
+    (a loss given as a list or dict, or weighted, is set up anew each call)."""
+    if loss_weights is not None or not isinstance(loss, (str, Loss)):
+        return TrainingStep(graph, OutputLosses(graph, loss, loss_weights), optimizer)
+    steps = components(graph).setdefault("steps", {})
+    key = (loss if isinstance(loss, str) else id(loss), id(optimizer))
+    entry = steps.get(key)
+    if entry is None or entry[0] is not optimizer or (
+            isinstance(loss, Loss) and entry[1].losses.outputs[0].loss is not loss):
+        if len(steps) > 16:
+            steps.clear()
+        step = TrainingStep(graph, OutputLosses(graph, loss), optimizer)
+        entry = steps[key] = (optimizer, step)
+    return entry[1]
 
 
 def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy",

@@ -30,7 +30,8 @@ LossSpec = str | Loss | Sequence[str | Loss | None] | Mapping[str, str | Loss]
 _named: weakref.WeakKeyDictionary[Graph, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def _components(graph: Graph) -> dict[Any, Any]:
+def components(graph: Graph) -> dict[Any, Any]:
+    """What training keeps for ``graph`` between calls (by name: losses, optimizers)."""
     found = _named.get(graph)
     if found is None:
         found = _named[graph] = {}
@@ -43,7 +44,7 @@ def resolve_loss(graph: Graph, loss: str | Loss) -> Loss:
     if not isinstance(loss, str):
         raise ConfigError(f"network {graph.name!r}: a loss is a registry name or a "
                           f"deltaprop.Loss, got {type(loss).__name__}")
-    named = _components(graph)
+    named = components(graph)
     key = ("loss", loss)
     if key not in named:
         named[key] = create_loss(loss)
@@ -57,7 +58,7 @@ def resolve_optimizer(graph: Graph, optimizer: str | Optimizer) -> Optimizer:
     if not isinstance(optimizer, str):
         raise ConfigError(f"network {graph.name!r}: an optimizer is a registry name or a "
                           f"deltaprop.Optimizer, got {type(optimizer).__name__}")
-    named = _components(graph)
+    named = components(graph)
     key = ("optimizer", optimizer)
     if key not in named:
         named[key] = create_optimizer(optimizer)

@@ -21,6 +21,7 @@ from ..execution.hooks import Hook, bound
 from ..execution.state import CarriedState
 from ..graph.graph import Graph
 from ..optimizer import Optimizer
+from ..execution.passes import LossFusion
 from .losses import OutputLosses
 
 
@@ -60,22 +61,31 @@ class TrainingStep:
         self.optimizer = optimizer
         self.reducer = reducer or Reducer()
         self.hooks = list(hooks)
+        self._fusions: tuple[Any, ...] = ()  # (plan, fusions, skipped steps, slots)
+
+    def _fused(self) -> tuple[list[LossFusion], frozenset[int], list[int]]:
+        """Each output's loss fusion on the current plan, decided once per plan."""
+        plan = self.graph.plan
+        if not self._fusions or self._fusions[0] is not plan:
+            fusions = [plan.loss_fusion(out.index, out.loss) for out in self.losses.outputs]
+            self._fusions = (plan, fusions, frozenset(f.skip for f in fusions
+                                                      if f.skip is not None),
+                             [f.slot for f in fusions])
+        return self._fusions[1], self._fusions[2], self._fusions[3]
 
     def __call__(self, xs: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
                  state: CarriedState | None = None) -> float:
         """Train on this process's part of a batch; returns the batch's mean loss."""
         graph = self.graph
-        plan = graph.plan
         samples = len(xs[0])
         grads = None
         loss_sum = 0.0
         executor = graph.executor(self.hooks)
-        watching = [*graph.hooks, *self.hooks]  # the network's own hooks see the step too
+        # the network's own hooks see the step too
+        watching = [*graph.hooks, *self.hooks] if graph.hooks else self.hooks
         if samples:
-            fusions = [plan.loss_fusion(out.index, out.loss) for out in self.losses.outputs]
-            skip = frozenset(f.skip for f in fusions if f.skip is not None)
-            values = executor.forward(xs, train=True, outputs=[f.slot for f in fusions],
-                                      skip=skip, state=state)
+            fusions, skip, slots = self._fused()
+            values = executor.forward(xs, train=True, outputs=slots, skip=skip, state=state)
             total = 0.0
             seeds = []
             for out, fusion, value, target in zip(self.losses.outputs, fusions, values,
@@ -89,10 +99,10 @@ class TrainingStep:
                 hook(total, [(out.name, d) for out, (_, d) in zip(self.losses.outputs, seeds)])
             executor.backward_from(seeds, input_grads=False)
             grads, loss_sum = executor.grads, total * samples
-        grads, mean_loss = self.reducer.reduce(grads, loss_sum, samples, graph.params)
+        params = graph.params
+        grads, mean_loss = self.reducer.reduce(grads, loss_sum, samples, params)
         for hook in bound(watching, "before_update"):
             hook(grads)
-        params = graph.params
         self.optimizer.step(params, grads)
         for after in bound(watching, "after_update"):
             after(params, self.optimizer)
