@@ -33,6 +33,7 @@ import numpy as np
 from deltaprop import Layer, hookimpl
 from deltaprop.config import choice, positive_int
 from deltaprop.errors import ConfigError, DataError, ShapeError
+from deltaprop.layer import call_backward, call_build
 
 Shape = tuple[int, ...]
 Grads = tuple[tuple[Any, ...], dict[str, np.ndarray]]
@@ -1010,7 +1011,7 @@ class TimeDistributed(Layer):
             raise ShapeError("time_distributed needs inputs with a time axis, got (batch,)")
         T, step = shape[0], shape[1:]
         try:
-            out = self.inner.build((step,), rng=rng)
+            out = call_build(self.inner, (step,), rng)
         except ShapeError as exc:
             raise ShapeError(f"time_distributed({self.wrap}) at each step: {exc}") from None
         self.inner.input_shapes = (step,)
@@ -1028,7 +1029,7 @@ class TimeDistributed(Layer):
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         inner_cache, B, T = cache
         grads = tuple(g.reshape(B * T, *g.shape[2:]) for g in grad_outputs)
-        (dx,), dparams = self.inner.backward(inner_cache, grads, needs_grad=needs_grad)
+        (dx,), dparams = call_backward(self.inner, inner_cache, grads, needs_grad)
         return (None if dx is None else dx.reshape(B, T, *dx.shape[1:]),), dparams
 
 

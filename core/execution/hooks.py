@@ -66,7 +66,7 @@ class Hook:
 
 
 @functools.cache
-def _overrides(hook_class: type[Hook], method: str) -> bool:
+def _overrides(hook_class: type, method: str) -> bool:
     return getattr(hook_class, method) is not getattr(Hook, method)
 
 

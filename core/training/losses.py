@@ -82,9 +82,9 @@ class OutputLosses:
                  loss_weights: Sequence[float] | Mapping[str, float] | None = None) -> None:
         self.graph = graph
         names = graph.output_names
-        per_output = self._per_output(graph, names, loss, "loss")
+        per_output = self._per_output(graph, names, loss, "loss", None)
         weights = self._per_output(graph, names, 1.0 if loss_weights is None else loss_weights,
-                                   "loss_weights")
+                                   "loss_weights", 1.0)
         self.outputs: list[OutputLoss] = []
         for i, (name, entry, weight) in enumerate(zip(names, per_output, weights)):
             if entry is None:
@@ -98,7 +98,10 @@ class OutputLosses:
             raise ConfigError(f"network {graph.name!r}: no output has a loss to train with")
 
     @staticmethod
-    def _per_output(graph: Graph, names: list[str], value: Any, what: str) -> list[Any]:
+    def _per_output(graph: Graph, names: list[str], value: Any, what: str,
+                    left_out: Any) -> list[Any]:
+        """One entry per output from one value, a list, or a dict by output name (an
+        output a dict leaves out gets ``left_out``)."""
         n = len(names)
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(names))
@@ -106,7 +109,7 @@ class OutputLosses:
                 raise ConfigError(f"{what}: {', '.join(map(repr, unknown))} name(s) no output "
                                   f"of network {graph.name!r}; its outputs are "
                                   f"{', '.join(map(repr, names))}")
-            return [value.get(name) for name in names]
+            return [value.get(name, left_out) for name in names]
         if isinstance(value, (list, tuple)):
             if len(value) != n:
                 raise ConfigError(f"{what}: network {graph.name!r} has {n} output(s) "
@@ -135,6 +138,11 @@ class OutputLosses:
         if self.single:
             return [y]
         if isinstance(y, Mapping):
+            unknown = sorted(set(y) - set(names))
+            if unknown:
+                raise DataError(f"targets: {', '.join(map(repr, unknown))} name(s) no output "
+                                f"of network {self.graph.name!r}; its outputs are "
+                                f"{', '.join(map(repr, names))}")
             missing = [o.name for o in self.outputs if o.name not in y]
             if missing:
                 raise DataError(f"targets: no targets for output(s) "

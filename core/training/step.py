@@ -18,10 +18,10 @@ import numpy as np
 
 from ..errors import TrainingError
 from ..execution.hooks import Hook, bound
+from ..execution.passes import LossFusion
 from ..execution.state import CarriedState
 from ..graph.graph import Graph
 from ..optimizer import Optimizer
-from ..execution.passes import LossFusion
 from .losses import OutputLosses
 
 
