@@ -14,7 +14,6 @@ arrays it is shown.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -65,18 +64,21 @@ class Hook:
         """After epoch ``epoch``: its mean training loss and any validation figures."""
 
 
-@functools.cache
-def _overrides(hook_class: type, method: str) -> bool:
-    return getattr(hook_class, method) is not getattr(Hook, method)
+#: (hook class, method) -> whether the class overrides it, decided once per class
+_overridden: dict[tuple[type, str], bool] = {}
 
 
 def overrides(hook: Hook, method: str) -> bool:
     """True when ``hook``'s class defines its own ``method``."""
-    return _overrides(type(hook), method)
+    key = (type(hook), method)
+    found = _overridden.get(key)
+    if found is None:
+        found = _overridden[key] = getattr(type(hook), method) is not getattr(Hook, method)
+    return found
 
 
 def bound(hooks: Sequence[Hook], method: str) -> list[Callable[..., None]]:
     """The bound ``method`` of each hook that overrides it, in order."""
     if not hooks:
         return []
-    return [getattr(h, method) for h in hooks if _overrides(type(h), method)]
+    return [getattr(h, method) for h in hooks if overrides(h, method)]
