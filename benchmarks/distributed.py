@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+import deltaprop
+
 FASHION = "/usr/share/datasets/fashion-mnist"
 GLOBAL_BATCH = 64
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -287,4 +289,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    deltaprop.retain_freed_memory()  # each rank keeps freed memory, as deltaprop train does
     main(sys.argv[1:])

@@ -338,4 +338,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    deltaprop.retain_freed_memory()  # each rank keeps freed memory, as deltaprop train does
     raise SystemExit(main())

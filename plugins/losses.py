@@ -37,6 +37,9 @@ class ClassTargets(Loss):
     def check_target(self, prediction_shape: tuple[int, ...], target: np.ndarray) -> np.ndarray:
         target = np.asarray(target)
         shape = tuple(prediction_shape)
+        if (target.dtype.kind == "i" and target.shape[1:] == shape[:-1] and shape
+                and not (target.size and _unsigned(target).max() >= shape[-1])):
+            return target  # labels in range, checked in one pass (the training hot path)
         if not shape:
             raise DataError(f"loss {self.name!r}: predictions of shape (batch,) have no class "
                             f"axis")
@@ -75,6 +78,12 @@ class ClassTargets(Loss):
         return rng.integers(0, shape[-1], size=shape[:-1])
 
 
+def _unsigned(labels: np.ndarray) -> np.ndarray:
+    """Signed labels seen as unsigned: a negative one becomes huge, so one ``max``
+    finds labels below 0 and above the last class alike."""
+    return labels.view(labels.dtype.str.replace("i", "u"))
+
+
 def _positions(prediction: np.ndarray) -> int:
     """How many class distributions a prediction holds: every axis but the last."""
     return max(prediction.size // prediction.shape[-1], 1) if prediction.ndim else 1
@@ -82,63 +91,64 @@ def _positions(prediction: np.ndarray) -> int:
 
 class SoftmaxCrossEntropy(ClassTargets):
     """Cross-entropy of softmax(logits) over the last axis: the gradient is simply
-    (softmax - target) / positions, and it is stable for large logits (log-sum-exp)."""
+    (softmax - target) / positions, and it is stable for large logits (log-sum-exp).
+    Every position (all axes but the last) is one row of a (positions, classes) view."""
 
     name = "softmax_cross_entropy"
     examples = [{"config": {}, "shape": (5,)}, {"config": {}, "shape": (3, 4)}]
 
     def forward(self, prediction: np.ndarray, target: np.ndarray) -> tuple[float, Any]:
         logp = log_softmax(prediction, axis=-1)
-        if target.ndim == prediction.ndim:
-            total = float((target * logp).sum())
+        rows, labels = _rows(logp, target)
+        n = len(rows)
+        if labels.ndim == 2:
+            total = float((labels * rows).sum())
         else:
-            total = _picked_sum(logp, target)
-        return -total / _positions(prediction), (logp, target)
+            total = float(rows[np.arange(n), labels].sum())
+        return -total / n, (logp, target)
 
     def backward(self, cache: Any) -> np.ndarray:
         logp, target = cache
         grad = np.exp(logp)
-        if target.ndim == grad.ndim:
-            grad -= target
+        rows, labels = _rows(grad, target)
+        n = len(rows)
+        if labels.ndim == 2:
+            rows -= labels
         else:
-            _subtract_one(grad, target)
-        grad /= _positions(grad)
-        return grad
+            rows[np.arange(n), labels] -= 1
+        rows /= n
+        return rows.reshape(grad.shape)
 
     def value_and_grad(self, prediction: np.ndarray, target: np.ndarray
                        ) -> tuple[float, np.ndarray]:
         """Value and gradient in one pass over the logits: one exp, and the loss as
         log-sum-exp minus the target's logit, exact where log(softmax) would not be."""
-        shifted = prediction - prediction.max(axis=-1, keepdims=True)
+        logits, labels = _rows(prediction, target)
+        n = len(logits)
+        shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
-        total = e.sum(axis=-1, keepdims=True)
-        n = _positions(prediction)
-        if target.ndim == prediction.ndim:
-            value = -float((target * (shifted - np.log(total))).sum()) / n
+        total = e.sum(axis=1, keepdims=True)
+        if labels.ndim == 2:
+            value = -float((labels * (shifted - np.log(total))).sum()) / n
             e /= total
-            e -= target
+            e -= labels
         else:
-            value = (float(np.log(total).sum()) - _picked_sum(shifted, target)) / n
+            picked = np.arange(n), labels
+            value = (float(np.log(total).sum()) - float(shifted[picked].sum())) / n
             e /= total
-            _subtract_one(e, target)
+            e[picked] -= 1
         e /= n
-        return float(value), e
+        return value, e.reshape(prediction.shape)
 
 
-def _subtract_one(grad: np.ndarray, labels: np.ndarray) -> None:
-    """``grad[..., label] -= 1`` at every position, in place."""
-    if grad.ndim == 2:
-        grad[np.arange(len(grad)), labels] -= 1
-    else:
-        index = labels[..., None]
-        np.put_along_axis(grad, index, np.take_along_axis(grad, index, axis=-1) - 1, axis=-1)
-
-
-def _picked_sum(values: np.ndarray, labels: np.ndarray) -> float:
-    """The sum of ``values[..., label]`` over every position."""
-    if values.ndim == 2:
-        return float(values[np.arange(len(values)), labels].sum())
-    return float(np.take_along_axis(values, labels[..., None], axis=-1).sum())
+def _rows(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class scores as (positions, classes) rows, and the targets to match: labels of
+    shape (positions,) or one-hot rows. Views where the arrays allow."""
+    classes = prediction.shape[-1]
+    rows = prediction if prediction.ndim == 2 else prediction.reshape(-1, classes)
+    if target.ndim == prediction.ndim:
+        return rows, target if target.ndim == 2 else target.reshape(-1, classes)
+    return rows, target if target.ndim == 1 else target.reshape(-1)
 
 
 class CrossEntropy(ClassTargets):

@@ -30,7 +30,7 @@ class Executor:
 
     def __init__(self, plan: Plan, hooks: Sequence[Hook] = ()) -> None:
         self.plan = plan
-        n = len(plan)
+        n = len(plan.steps)
         self.caches: list[Any] = [None] * n
         self.cache_sizes = [0] * n
         #: bytes the caches hold now, and the most they held during this call
@@ -40,8 +40,8 @@ class Executor:
         self.grads: dict[str, np.ndarray] = {}
         self._kept: dict[int, np.ndarray] = {}  # segment boundaries, for recomputation
         self._tracker: memory.ByteTracker | None = None
-        self._forward_hooks = bound(hooks, "forward_node")
-        self._backward_hooks = bound(hooks, "backward_node")
+        self._forward_hooks = bound(hooks, "forward_node") if hooks else []
+        self._backward_hooks = bound(hooks, "backward_node") if hooks else []
         self._pending = False
         self._skip: frozenset[int] = frozenset()
 
@@ -59,9 +59,10 @@ class Executor:
         for slot, value in zip(plan.input_slots, checked):
             values[slot] = value
         out_slots = plan.output_slots if outputs is None else outputs
-        wanted: dict[int, Any] = {s: None for s in out_slots}
-        for s in wanted.keys() & set(plan.input_slots):
-            wanted[s] = values[s]
+        # a value asked for that is no network output may be dropped after its last
+        # reader: it is caught as it is made
+        wanted: dict[int, Any] = {s: None for s in out_slots
+                                  if s not in plan.output_slots and s not in plan.input_slots}
         tracker = None
         layout_key: Any = None
         layout = None
@@ -70,8 +71,8 @@ class Executor:
             self._pending = True
             self._skip = skip
             self.peak_cache_bytes = 0
-            layout_key = (skip, *(v.shape for v in checked)) if skip else (
-                *(v.shape for v in checked),)
+            shapes = checked[0].shape if len(checked) == 1 else tuple(v.shape for v in checked)
+            layout_key = (skip, shapes) if skip else shapes
             layout = plan.layouts.get(layout_key)
             if layout is None or plan.segments is not None or self._forward_hooks:
                 tracker = self._tracker = memory.ByteTracker()
@@ -83,16 +84,16 @@ class Executor:
         recomputing = plan.segments is not None
         hooks = self._forward_hooks
         for step in plan.steps:
-            if step.index in skip:
+            if skip and step.index in skip:
                 continue
             ins = step.in_slots
             layer = step.layer
-            final = None
             try:
-                if step.carries_state and state is not None:
+                if state is not None and step.carries_state:
                     start = state.start(step.name, len(values[ins[0]]))
                     outs, cache, final = layer.forward_with_state(
                         tuple(values[s] for s in ins), train=train, state=start)
+                    state.keep(step.name, final)
                 elif step.in_place:
                     x = values[ins[0]]
                     values[ins[0]] = None  # so that the proof below sees only ``x``
@@ -108,21 +109,18 @@ class Executor:
             except Exception as exc:
                 add_context(exc, f"node {step.name!r} ({layer.name})")
                 raise
-            if final is not None:
-                assert state is not None
-                state.keep(step.name, final)
             if len(outs) != len(step.out_slots):
                 raise GraphError(f"node {step.name!r}: layer {layer.name!r} returned "
                                  f"{len(outs)} outputs, declared {len(step.out_slots)}")
             if len(outs) == 1:
                 s = step.out_slots[0]
                 values[s] = outs[0]
-                if s in wanted:
+                if wanted and s in wanted:
                     wanted[s] = outs[0]
             else:
                 for s, value in zip(step.out_slots, outs):
                     values[s] = value
-                    if s in wanted:
+                    if wanted and s in wanted:
                         wanted[s] = value
                 value = None  # type: ignore[assignment]  # no reference may defeat an in-place proof
             k = step.index
@@ -160,7 +158,7 @@ class Executor:
     def _release(self) -> None:
         """Drop the caches of an earlier training forward whose backward never ran."""
         if self._pending:
-            n = len(self.plan)
+            n = len(self.plan.steps)
             self.caches[:] = [None] * n
             self.cache_sizes[:] = [0] * n
             self._kept.clear()
@@ -201,14 +199,17 @@ class Executor:
                              f"backward)")
         self._pending = False
         plan = self.plan
-        batch = _batch_of([g for _, g in seeds])
+        batch = len(seeds[0][1]) if seeds else 0
         grads: list[Any] = [None] * plan.n_slots
         owned = [False] * plan.n_slots
-        for slot, g in seeds:
-            _accumulate(grads, owned, slot, g)
+        if len(seeds) == 1:
+            grads[seeds[0][0]] = seeds[0][1]
+        else:
+            for slot, g in seeds:
+                _accumulate(grads, owned, slot, g)
         param_grads: dict[str, np.ndarray] = {}
         if plan.segments is None:
-            self._backward_steps(range(len(plan) - 1, -1, -1), grads, owned, param_grads,
+            self._backward_steps(range(len(plan.steps) - 1, -1, -1), grads, owned, param_grads,
                                  input_grads)
         else:
             self._backward_checkpointed(grads, owned, param_grads, input_grads)
@@ -243,7 +244,7 @@ class Executor:
             else:
                 self.cache_bytes -= sizes[k]
                 sizes[k] = 0
-            if not step.carries or k in self._skip:
+            if not step.carries or (self._skip and k in self._skip):
                 continue
             out_slots = step.out_slots
             if len(out_slots) == 1:
@@ -280,8 +281,13 @@ class Executor:
             for hook in hooks:
                 hook(step, grad_outs, grad_ins, grad_params)
             if len(grad_ins) == 1:  # the common case, without the zip
-                if mask[0] and grad_ins[0] is not None:
-                    _accumulate(grads, owned, step.in_slots[0], grad_ins[0])
+                g = grad_ins[0]
+                if mask[0] and g is not None:
+                    s = step.in_slots[0]
+                    if grads[s] is None:
+                        grads[s] = g
+                    else:
+                        _accumulate(grads, owned, s, g)
             else:
                 for s, g, need in zip(step.in_slots, grad_ins, mask):
                     if need and g is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layer import Arrays, Grads, Layer, call_backward, derivative_from_output
+from ..layer import Arrays, Grads, Layer, backward_takes_needs_grad, derivative_from_output
 from ..loss import Loss
 from .memory import sole_owner
 from .step import Step
@@ -51,6 +51,7 @@ class FusedActivation(Layer):
         self.input_shapes = layer.input_shapes
         self.output_shapes = activation.output_shapes
         self.in_place = activation.can_work_in_place
+        self._pass_needs_grad = backward_takes_needs_grad(type(layer))
         self.recomputable = layer.recomputable and activation.recomputable  # type: ignore[misc]
 
     @property
@@ -92,7 +93,9 @@ class FusedActivation(Layer):
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         inner, y = cache
         gz = self.activation.backward_from_output(y, grad_outputs[0])
-        return call_backward(self.layer, inner, (gz,), needs_grad)
+        if needs_grad is not None and self._pass_needs_grad:
+            return self.layer.backward(inner, (gz,), needs_grad=needs_grad)
+        return self.layer.backward(inner, (gz,))
 
     def __repr__(self) -> str:
         return f"<fused {self.layer.name}+{self.activation.name} {self.label!r}>"

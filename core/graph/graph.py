@@ -153,7 +153,7 @@ class Graph:
     def executor(self, hooks: Sequence[Hook] = ()) -> Executor:
         """A fresh executor for one call on the current plan, watched by this network's
         hooks and ``hooks``."""
-        return Executor(self.plan, [*self.hooks, *hooks])
+        return Executor(self.plan, [*self.hooks, *hooks] if self.hooks else hooks)
 
     def forward(self, arrays: Any, *, train: bool = False,
                 state: CarriedState | None = None) -> list[np.ndarray]:

@@ -96,6 +96,9 @@ class OutputLosses:
             self.outputs.append(OutputLoss(i, name, resolve_loss(graph, entry), float(weight)))
         if not self.outputs:
             raise ConfigError(f"network {graph.name!r}: no output has a loss to train with")
+        #: one output: targets are one array, metrics are unprefixed
+        self.single = len(graph.outputs) == 1
+        self.output_shapes = [tuple(shape) for shape in graph.output_shapes]
 
     @staticmethod
     def _per_output(graph: Graph, names: list[str], value: Any, what: str,
@@ -117,10 +120,6 @@ class OutputLosses:
             return list(value)
         return [value] * n
 
-    @property
-    def single(self) -> bool:
-        """One output, trained: targets are one array, metrics are unprefixed."""
-        return len(self.graph.outputs) == 1
 
     def describe(self) -> dict[str, Any]:
         """What a checkpoint records of the losses, so a resume cannot change them."""
@@ -134,9 +133,9 @@ class OutputLosses:
     # -- targets -----------------------------------------------------------------------------
     def split_targets(self, y: Any) -> list[Any]:
         """One target per trained output, from an array, a list or a dict."""
-        names = self.graph.output_names
         if self.single:
             return [y]
+        names = self.graph.output_names
         if isinstance(y, Mapping):
             unknown = sorted(set(y) - set(names))
             if unknown:
@@ -159,21 +158,18 @@ class OutputLosses:
                       ) -> list[np.ndarray]:
         """Every trained output's targets, checked against its prediction shape (or the
         ``output_shapes`` given, for windows of a longer sequence) and converted."""
-        shapes = output_shapes or self.graph.output_shapes
+        shapes = output_shapes or self.output_shapes
         checked = []
-        for out, target in zip(self.outputs, self.split_targets(y), strict=True):
+        for out, target in zip(self.outputs, self.split_targets(y)):
             target = np.asarray(target)
-            label = f"{what}: output {out.name!r}" if not self.single else what
-            if target.ndim == 0 or len(target) != n_samples:
-                raise DataError(f"{label}: x has {n_samples} samples but y has "
-                                f"{len(target) if target.ndim else 'a scalar'}")
             try:
-                checked.append(out.loss.check_target(tuple(shapes[out.index]), target))
+                if target.ndim == 0 or len(target) != n_samples:
+                    raise DataError(f"x has {n_samples} samples but y has "
+                                    f"{len(target) if target.ndim else 'a scalar'}")
+                checked.append(out.loss.check_target(shapes[out.index], target))
             except DataError as exc:
+                label = what if self.single else f"{what}: output {out.name!r}"
                 raise DataError(f"{label}: {exc}") from None
         return checked
 
-    def targets(self, y: Any) -> list[np.ndarray]:
-        """Targets of one batch as the losses take them (checked, for ``train_step``)."""
-        xs_batch = np.asarray(self.split_targets(y)[0])
-        return self.check_targets(y, len(xs_batch) if xs_batch.ndim else 0, "targets")
+

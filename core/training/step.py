@@ -89,22 +89,22 @@ class TrainingStep:
             total = 0.0
             seeds = []
             for out, fusion, value, target in zip(self.losses.outputs, fusions, values,
-                                                  targets, strict=True):
+                                                  targets):
                 loss, delta = fusion.loss.value_and_grad(value, target)
                 if out.weight != 1.0:
                     delta = delta * out.weight
                 total += out.weight * loss
                 seeds.append((fusion.slot, delta))
-            for hook in bound(watching, "loss_computed"):
+            for hook in bound(watching, "loss_computed") if watching else ():
                 hook(total, [(out.name, d) for out, (_, d) in zip(self.losses.outputs, seeds)])
             executor.backward_from(seeds, input_grads=False)
             grads, loss_sum = executor.grads, total * samples
         params = graph.params
         grads, mean_loss = self.reducer.reduce(grads, loss_sum, samples, params)
-        for hook in bound(watching, "before_update"):
+        for hook in bound(watching, "before_update") if watching else ():
             hook(grads)
         self.optimizer.step(params, grads)
-        for after in bound(watching, "after_update"):
+        for after in bound(watching, "after_update") if watching else ():
             after(params, self.optimizer)
         graph.grads = grads
         graph.peak_cache_bytes = executor.peak_cache_bytes
