@@ -60,7 +60,6 @@ class LayerCase:
     def check(self, **options: Any) -> Any:
         """Run every conformance check (``options`` go to ``check_conformance``, e.g.
         ``skip=["dtypes"]``) and return its report."""
-
         if not self.example:
             pytest.fail(f"layer {self.layer_class.name!r} of {self.distribution} declares no "
                         f"`examples` (config and input shapes) for the conformance kit")
@@ -83,7 +82,6 @@ class LossCase:
         return _case_id(self.loss_class, self.example)
 
     def check(self, **options: Any) -> Any:
-
         if not self.example:
             pytest.fail(f"loss {self.loss_class.name!r} of {self.distribution} declares no "
                         f"`examples` (config and shape) for the gradient check")

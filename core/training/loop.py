@@ -209,7 +209,8 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
                     pos.order = rng.permutation(n) if shuffle else np.arange(n)
                 order = pos.order
                 for b in range(pos.batch, steps_per_epoch):
-                    idx = reducer.part(order[b * batch_size:(b + 1) * batch_size])
+                    batch = order[b * batch_size:(b + 1) * batch_size]
+                    idx = reducer.part(batch)
                     bx = [a[idx] for a in xs]
                     by = [t[idx] for t in ys]
                     for hook in batch_start:
@@ -225,7 +226,7 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
                         raise TrainingError(f"loss became {value} at epoch {epoch + 1}, batch "
                                             f"{b + 1}; lower the learning rate (detect_anomaly"
                                             f" / --detect-anomaly names the node){last}")
-                    pos.epoch_loss += value * len(order[b * batch_size:(b + 1) * batch_size])
+                    pos.epoch_loss += value * len(batch)
                     pos.batch = b + 1
                     for hook in batch_end:
                         hook(epoch, b, value)

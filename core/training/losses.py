@@ -11,7 +11,7 @@ shape: one array for one output, else a list or a dict keyed by output name.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,28 +41,25 @@ def components(graph: Graph) -> dict[Any, Any]:
 def resolve_loss(graph: Graph, loss: str | Loss) -> Loss:
     if isinstance(loss, Loss):
         return loss
-    if not isinstance(loss, str):
-        raise ConfigError(f"network {graph.name!r}: a loss is a registry name or a "
-                          f"deltaprop.Loss, got {type(loss).__name__}")
-    named = components(graph)
-    key = ("loss", loss)
-    if key not in named:
-        named[key] = create_loss(loss)
-    return named[key]
+    return _by_name(graph, "loss", loss, create_loss)
 
 
 def resolve_optimizer(graph: Graph, optimizer: str | Optimizer) -> Optimizer:
     """An optimizer given by name is created once per network, so its state persists."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    if not isinstance(optimizer, str):
-        raise ConfigError(f"network {graph.name!r}: an optimizer is a registry name or a "
-                          f"deltaprop.Optimizer, got {type(optimizer).__name__}")
+    return _by_name(graph, "optimizer", optimizer, create_optimizer)
+
+
+def _by_name(graph: Graph, kind: str, name: Any, create: Callable[[str], Any]) -> Any:
+    """The ``kind`` registered as ``name``, created once per network."""
+    if not isinstance(name, str):
+        raise ConfigError(f"network {graph.name!r}: a {kind} is a registry name or a "
+                          f"deltaprop.{kind.capitalize()}, got {type(name).__name__}")
     named = components(graph)
-    key = ("optimizer", optimizer)
-    if key not in named:
-        named[key] = create_optimizer(optimizer)
-    return named[key]
+    if (kind, name) not in named:
+        named[kind, name] = create(name)
+    return named[kind, name]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TrainingError
-from ..execution.hooks import Hook, bound
+from ..execution.hooks import Hook, bound, overrides
 from ..execution.passes import LossFusion
 from ..execution.state import CarriedState
 from ..graph.graph import Graph
@@ -62,6 +62,15 @@ class TrainingStep:
         self.reducer = reducer or Reducer()
         self.hooks = list(hooks)
         self._fusions: tuple[Any, ...] = ()  # (plan, fusions, skipped steps, slots)
+        # what each hook watches, decided once: only node watchers go to the executor
+        self._node_hooks = [h for h in self.hooks
+                            if overrides(h, "forward_node") or overrides(h, "backward_node")]
+        self._events = self._bind(self.hooks)
+
+    @staticmethod
+    def _bind(hooks: Sequence[Hook]) -> tuple[list[Any], list[Any], list[Any]]:
+        return (bound(hooks, "loss_computed"), bound(hooks, "before_update"),
+                bound(hooks, "after_update"))
 
     def _fused(self) -> tuple[list[LossFusion], frozenset[int], list[int]]:
         """Each output's loss fusion on the current plan, decided once per plan."""
@@ -80,9 +89,10 @@ class TrainingStep:
         samples = len(xs[0])
         grads = None
         loss_sum = 0.0
-        executor = graph.executor(self.hooks)
+        executor = graph.executor(self._node_hooks)
         # the network's own hooks see the step too
-        watching = [*graph.hooks, *self.hooks] if graph.hooks else self.hooks
+        loss_computed, before_update, after_update = (
+            self._bind([*graph.hooks, *self.hooks]) if graph.hooks else self._events)
         if samples:
             fusions, skip, slots = self._fused()
             values = executor.forward(xs, train=True, outputs=slots, skip=skip, state=state)
@@ -95,16 +105,16 @@ class TrainingStep:
                     delta = delta * out.weight
                 total += out.weight * loss
                 seeds.append((fusion.slot, delta))
-            for hook in bound(watching, "loss_computed") if watching else ():
+            for hook in loss_computed:
                 hook(total, [(out.name, d) for out, (_, d) in zip(self.losses.outputs, seeds)])
             executor.backward_from(seeds, input_grads=False)
             grads, loss_sum = executor.grads, total * samples
         params = graph.params
         grads, mean_loss = self.reducer.reduce(grads, loss_sum, samples, params)
-        for hook in bound(watching, "before_update") if watching else ():
+        for hook in before_update:
             hook(grads)
         self.optimizer.step(params, grads)
-        for after in bound(watching, "after_update") if watching else ():
+        for after in after_update:
             after(params, self.optimizer)
         graph.grads = grads
         graph.peak_cache_bytes = executor.peak_cache_bytes
