@@ -57,3 +57,5 @@ def add_context(exc: BaseException, context: str) -> None:
         exc.args = (f"{context}: {exc.args[0]}", *exc.args[1:])
     elif sys.version_info >= (3, 11):
         exc.add_note(context)
+    else:  # Python 3.10 prints no notes, but keeps them for whoever reads the error
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), context]  # type: ignore[attr-defined]
