@@ -38,7 +38,8 @@ class ClassTargets(Loss):
         target = np.asarray(target)
         shape = tuple(prediction_shape)
         if (target.dtype.kind == "i" and target.shape[1:] == shape[:-1] and shape
-                and not (target.size and _unsigned(target).max() >= shape[-1])):
+                and not (target.size and np.maximum.reduce(_unsigned(target), axis=None)
+                         >= shape[-1])):
             return target  # labels in range, checked in one pass (the training hot path)
         if not shape:
             raise DataError(f"loss {self.name!r}: predictions of shape (batch,) have no class "
@@ -138,17 +139,19 @@ class SoftmaxCrossEntropy(ClassTargets):
             e /= total
             e[picked] -= 1
         e /= n
-        return value, e.reshape(prediction.shape)
+        return value, (e if e.shape == prediction.shape else e.reshape(prediction.shape))
 
 
 def _rows(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class scores as (positions, classes) rows, and the targets to match: labels of
     shape (positions,) or one-hot rows. Views where the arrays allow."""
+    if prediction.ndim == 2:  # one position per sample: nothing to reshape
+        return prediction, target
     classes = prediction.shape[-1]
-    rows = prediction if prediction.ndim == 2 else prediction.reshape(-1, classes)
+    rows = prediction.reshape(-1, classes)
     if target.ndim == prediction.ndim:
-        return rows, target if target.ndim == 2 else target.reshape(-1, classes)
-    return rows, target if target.ndim == 1 else target.reshape(-1)
+        return rows, target.reshape(-1, classes)
+    return rows, target.reshape(-1)
 
 
 class CrossEntropy(ClassTargets):

@@ -61,8 +61,8 @@ class Executor:
         out_slots = plan.output_slots if outputs is None else outputs
         # a value asked for that is no network output may be dropped after its last
         # reader: it is caught as it is made
-        wanted: dict[int, Any] = {s: None for s in out_slots
-                                  if s not in plan.output_slots and s not in plan.input_slots}
+        wanted: dict[int, Any] = {} if outputs is None else {
+            s: None for s in outputs if s not in plan.output_slots and s not in plan.input_slots}
         tracker = None
         layout_key: Any = None
         layout = None

@@ -118,8 +118,9 @@ def train_step(graph: Graph, x: Any, y: Any, *, loss: LossSpec,
     """Forward, loss, backward and one optimizer update on a batch; returns the loss
     (the weighted total for several outputs)."""
     step = _step_for(graph, loss, resolve_optimizer(graph, optimizer), loss_weights)
-    xs = graph.plan.check_inputs(x)
-    return step(xs, step.losses.check_targets(y, len(xs[0]), "targets"))
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]  # the executor checks them
+    samples = len(xs[0]) if np.ndim(xs[0]) else 0
+    return step(xs, step.losses.check_targets(y, samples, "targets"))
 
 
 def _step_for(graph: Graph, loss: LossSpec, optimizer: Optimizer,
@@ -191,8 +192,9 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
         else:
             saver.save(pos, rng)  # a last good state exists from the start
     done = min(pos.epoch * steps_per_epoch + pos.batch, epochs * steps_per_epoch)
-    bar = ProgressBar(epochs, steps_per_epoch, done=done, enabled=show_progress(progress))
-    watchers: list[Hook] = [bar, *hooks]
+    bar = (ProgressBar(epochs, steps_per_epoch, done=done) if show_progress(progress)
+           else None)
+    watchers: list[Hook] = [*([bar] if bar is not None else []), *hooks]
     if detect_anomaly:
         watchers.append(AnomalyDetector())
     step = TrainingStep(graph, losses, opt, reducer=reducer, hooks=watchers)
@@ -253,7 +255,8 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
                     raise saver.interrupted(stop, pos, rng)
     finally:
         reducer.stop = None
-        bar.close()
+        if bar is not None:
+            bar.close()
     history.seconds = time.perf_counter() - start
     return history
 

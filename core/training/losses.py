@@ -157,7 +157,7 @@ class OutputLosses:
         ``output_shapes`` given, for windows of a longer sequence) and converted."""
         shapes = output_shapes or self.output_shapes
         checked = []
-        for out, target in zip(self.outputs, self.split_targets(y)):
+        for out, target in zip(self.outputs, [y] if self.single else self.split_targets(y)):
             target = np.asarray(target)
             try:
                 if target.ndim == 0 or len(target) != n_samples:

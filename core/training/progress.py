@@ -19,14 +19,13 @@ class ProgressBar(Hook):
     """One bar over every batch of a run: the epoch in its description, the latest
     loss (and validation accuracy) after it."""
 
-    def __init__(self, epochs: int, batches_per_epoch: int, *, done: int = 0,
-                 enabled: bool = True) -> None:
+    def __init__(self, epochs: int, batches_per_epoch: int, *, done: int = 0) -> None:
         from tqdm.auto import tqdm
 
         self.epochs = epochs
         self.shown_epoch = -1
         self.bar: Any = tqdm(total=epochs * batches_per_epoch, initial=done,
-                             disable=not enabled, unit="batch", dynamic_ncols=True, leave=True)
+                             unit="batch", dynamic_ncols=True, leave=True)
 
     def batch_start(self, epoch: int, batch: int) -> None:
         if epoch != self.shown_epoch:

@@ -72,21 +72,23 @@ class TrainingStep:
         return (bound(hooks, "loss_computed"), bound(hooks, "before_update"),
                 bound(hooks, "after_update"))
 
-    def _fused(self) -> tuple[list[LossFusion], frozenset[int], list[int]]:
-        """Each output's loss fusion on the current plan, decided once per plan."""
+    def _fused(self) -> tuple[list[LossFusion], frozenset[int], list[int] | None]:
+        """Each output's loss fusion on the current plan, the steps training skips and
+        the slots the losses read (None: the network's outputs), once per plan."""
         plan = self.graph.plan
         if not self._fusions or self._fusions[0] is not plan:
             fusions = [plan.loss_fusion(out.index, out.loss) for out in self.losses.outputs]
+            slots = [f.slot for f in fusions]
             self._fusions = (plan, fusions, frozenset(f.skip for f in fusions
                                                       if f.skip is not None),
-                             [f.slot for f in fusions])
+                             None if slots == plan.output_slots else slots)
         return self._fusions[1], self._fusions[2], self._fusions[3]
 
     def __call__(self, xs: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
                  state: CarriedState | None = None) -> float:
         """Train on this process's part of a batch; returns the batch's mean loss."""
         graph = self.graph
-        samples = len(xs[0])
+        samples = len(xs[0])  # checked by the executor's forward
         grads = None
         loss_sum = 0.0
         executor = graph.executor(self._node_hooks)
