@@ -47,12 +47,9 @@ def suite_names() -> list[str]:
 
 
 def run_one(name: str, quick: bool) -> list[dict[str, Any]]:
-    """Run one suite in this process (the child side of ``run_suites``). The process
-    keeps freed memory for reuse, as ``deltaprop train`` does (``DELTAPROP_RETAIN_MEMORY=0``
-    measures without)."""
-    import deltaprop
-
-    deltaprop.retain_freed_memory()
+    """Run one suite in this process (the child side of ``run_suites``). The suites that
+    train networks keep freed memory for reuse, as ``deltaprop train`` does
+    (``DELTAPROP_RETAIN_MEMORY=0`` measures without)."""
     module = importlib.import_module(f"benchmarks.{name}")
     run = getattr(module, "run", None)
     if not callable(run):

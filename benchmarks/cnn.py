@@ -95,6 +95,7 @@ def epoch_candidates(spec: Path, x: np.ndarray, y: np.ndarray, torch: Any
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
+    deltaprop.retain_freed_memory()  # this suite trains networks, as deltaprop train does
     torch = torch_or_none()
     reference = "torch" if torch is not None else "deltaprop"
     rows = []

@@ -78,6 +78,7 @@ def measure(label: str, build: Any, input_shape: tuple[int, ...], batch: int,
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
+    deltaprop.retain_freed_memory()  # this suite trains networks, as deltaprop train does
     repeats = 5 if quick else 15
     rows = [measure("mlp 784-16x256-10", deep_mlp, (784,), 128, repeats)]
     if has_layers("conv2d", "max_pool2d", "flatten"):

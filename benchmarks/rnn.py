@@ -164,6 +164,7 @@ def sequences() -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
+    deltaprop.retain_freed_memory()  # this suite trains networks, as deltaprop train does
     x, grad = sequences()
     torch = torch_or_none()
     rows = []
