@@ -104,11 +104,7 @@ class OutputLosses:
         output a dict leaves out gets ``left_out``)."""
         n = len(names)
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - set(names))
-            if unknown:
-                raise ConfigError(f"{what}: {', '.join(map(repr, unknown))} name(s) no output "
-                                  f"of network {graph.name!r}; its outputs are "
-                                  f"{', '.join(map(repr, names))}")
+            _known_outputs(graph, names, value, what, ConfigError)
             return [value.get(name, left_out) for name in names]
         if isinstance(value, (list, tuple)):
             if len(value) != n:
@@ -116,7 +112,6 @@ class OutputLosses:
                                   f"({', '.join(map(repr, names))}), got {len(value)} entries")
             return list(value)
         return [value] * n
-
 
     def describe(self) -> dict[str, Any]:
         """What a checkpoint records of the losses, so a resume cannot change them."""
@@ -134,11 +129,7 @@ class OutputLosses:
             return [y]
         names = self.graph.output_names
         if isinstance(y, Mapping):
-            unknown = sorted(set(y) - set(names))
-            if unknown:
-                raise DataError(f"targets: {', '.join(map(repr, unknown))} name(s) no output "
-                                f"of network {self.graph.name!r}; its outputs are "
-                                f"{', '.join(map(repr, names))}")
+            _known_outputs(self.graph, names, y, "targets", DataError)
             missing = [o.name for o in self.outputs if o.name not in y]
             if missing:
                 raise DataError(f"targets: no targets for output(s) "
@@ -170,3 +161,10 @@ class OutputLosses:
         return checked
 
 
+def _known_outputs(graph: Graph, names: list[str], given: Mapping[str, Any], what: str,
+                   error: type[Exception]) -> None:
+    """Raise ``error`` when a dict keyed by output name names no output of ``graph``."""
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise error(f"{what}: {', '.join(map(repr, unknown))} name(s) no output of network "
+                    f"{graph.name!r}; its outputs are {', '.join(map(repr, names))}")
