@@ -139,7 +139,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
             print(f"no checkpoint in {args.checkpoint!r} yet; starting from the beginning")
         elif args.resume:
             print(f"resuming from {str(checkpoint_path(args.checkpoint))!r}")
-    # --plot's held-out curves are those of the test set, measured after every epoch
+    # --plot's held-out curves are those of the test set, evaluated after every epoch
     validation = (data.x_test, data.y_test) if args.plot else None
     loss = train.get("loss", "softmax_cross_entropy")
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,

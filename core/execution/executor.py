@@ -7,7 +7,7 @@ sums parameter gradients (shared layers get one sum) and frees each cache as soo
 as its step's backward has run. Nothing of a call lives on the network or the plan,
 so calls on one network from several threads never see each other's state. The hot
 loops do no shape derivation and no registry look-ups; the bytes each step caches
-are measured once per input shape (in the plan) and reused.
+are counted once per input shape (in the plan) and reused.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class Plan(Sequence[Step]):
         self.release_after: dict[int, list[int]] = {}
         if recompute is not None:
             self._plan_recomputation(recompute)
-        #: input shapes -> (bytes each step caches, total): measured once, then reused
+        #: input shapes -> (bytes each step caches, total): counted once, then reused
         self.layouts: dict[Any, tuple[list[int], int]] = {}
         self._loss_fusions: dict[tuple[int, int], tuple[Loss, passes.LossFusion]] = {}
 

@@ -185,9 +185,14 @@ class Graph:
         try:
             return executor.backward(grad_outputs, input_grads=input_grads)
         finally:
-            self.grads = executor.grads
-            self.cache_bytes = executor.cache_bytes
-            self.peak_cache_bytes = executor.peak_cache_bytes
+            self.keep_results(executor)
+
+    def keep_results(self, executor: Executor) -> None:
+        """What a finished call leaves to look at: its summed parameter gradients in
+        ``grads`` and its cache byte counts."""
+        self.grads = executor.grads
+        self.cache_bytes = executor.cache_bytes
+        self.peak_cache_bytes = executor.peak_cache_bytes
 
     def memory_report(self, x: Any = None, *, batch: int = 32) -> MemoryReport:
         """Run one training forward and backward (on ``x``, or zeros of ``batch`` samples)

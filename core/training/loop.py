@@ -48,8 +48,8 @@ def check_inputs(graph: Graph, xs: list[np.ndarray], what: str = "data",
     """Reject inconsistent inputs before anything runs; returns the sample count."""
     n = len(xs[0]) if xs[0].ndim else 0
     for t, a in zip(graph.inputs, xs):
-        expected = t.shape if windows is None else (a.shape[1], *t.shape[1:])
-        if a.ndim == 0 or (windows is None and a.shape[1:] != expected):
+        # with windows the time axis is longer than the network's (SequenceWindows.count)
+        if a.ndim == 0 or (windows is None and a.shape[1:] != t.shape):
             raise DataError(f"{what}: input {t.node.name!r} expects samples of shape "
                             f"{t.shape}, got {a.shape[1:] if a.ndim else 'a scalar'}")
         if len(a) != n:
@@ -285,8 +285,7 @@ def correct(prediction: np.ndarray, target: np.ndarray) -> int:
 
 def accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
     """Share of positions whose highest score is the target class (labels or one-hot)."""
-    positions = max(prediction.size // prediction.shape[-1], 1)
-    return correct(prediction, target) / positions
+    return correct(prediction, target) / _class_positions(prediction)
 
 
 def evaluate(graph: Graph, x: Any, y: Any, *, loss: LossSpec | OutputLosses =
@@ -304,7 +303,7 @@ def evaluate(graph: Graph, x: Any, y: Any, *, loss: LossSpec | OutputLosses =
         xs = as_input_list(graph, x)
         ys = check_data(graph, xs, y, losses, "evaluation data", windows)
     n_out = len(losses.outputs)
-    sums = np.zeros(2 * n_out + 1)  # per output: loss * positions and correct; samples
+    sums = np.zeros(2 * n_out)  # per output: the loss times its positions, and correct
     positions = np.zeros(n_out)
     mine = reducer.part(np.arange(len(xs[0])))
     for start in range(0, len(mine), batch_size):
@@ -323,9 +322,8 @@ def evaluate(graph: Graph, x: Any, y: Any, *, loss: LossSpec | OutputLosses =
                 positions[i] += share
                 if out.loss.classification:
                     sums[2 * i + 1] += correct(prediction, target)
-        sums[-1] += len(rows)
     sums = reducer.sum(np.concatenate([sums, positions]), "allreduce of the evaluation metrics")
-    sums, positions = sums[:2 * n_out + 1], sums[2 * n_out + 1:]
+    sums, positions = sums[:2 * n_out], sums[2 * n_out:]
     metrics: dict[str, float] = {}
     total = 0.0
     for i, out in enumerate(losses.outputs):
@@ -343,6 +341,9 @@ def evaluate(graph: Graph, x: Any, y: Any, *, loss: LossSpec | OutputLosses =
 def _positions(prediction: np.ndarray, loss: Loss) -> int:
     """How many terms a loss averages over (see ``deltaprop.loss``): class
     distributions for a class loss, elements otherwise."""
-    if loss.classification:
-        return max(prediction.size // prediction.shape[-1], 1)
-    return int(prediction.size)
+    return _class_positions(prediction) if loss.classification else int(prediction.size)
+
+
+def _class_positions(prediction: np.ndarray) -> int:
+    """How many class distributions a prediction holds: every axis but the last."""
+    return max(prediction.size // prediction.shape[-1], 1)

@@ -118,7 +118,6 @@ class TrainingStep:
         self.optimizer.step(params, grads)
         for after in after_update:
             after(params, self.optimizer)
-        graph.grads = grads
-        graph.peak_cache_bytes = executor.peak_cache_bytes
-        graph.cache_bytes = executor.cache_bytes
+        executor.grads = grads  # the reduced gradients, which the update applied
+        graph.keep_results(executor)
         return float(mean_loss)
