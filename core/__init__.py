@@ -10,6 +10,7 @@ are in ``pyproject.toml``, checked by ``lint-imports``):
     cli                          the ``deltaprop`` command
     testing                      the conformance kit, its pytest plugin, the scaffold
     io, visual                   spec files, model files, data sets; SVG drawings
+    export                       ONNX export (the onnx package imported only then)
     network                      Network (a graph that trains), Sequential
     training                     the one step and loop, checkpoints, anomaly
                                  detection, truncated BPTT, MPI
@@ -42,6 +43,7 @@ from .errors import (
 from .execution.allocator import retain_freed_memory
 from .execution.hooks import Hook
 from .execution.state import CarriedState
+from .export import export_onnx
 from .graph.graph import Graph
 from .hookspecs import hookimpl
 from .io import data, spec
@@ -92,6 +94,7 @@ __all__ = [
     "create",
     "create_loss",
     "create_optimizer",
+    "export_onnx",
     "get_registry",
     "hookimpl",
     "load",

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ConfigError, DeltapropError
 from .execution.allocator import retain_freed_memory
+from .export import DEFAULT_OPSET, export_onnx
 from .io.data import describe, load_data
 from .io.model import load, save
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
@@ -34,7 +35,7 @@ from .visual.curves import save_learning_curves
 
 EXIT_ERROR = 2
 PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
-          "initializer": "initializers"}
+          "initializer": "initializers", "onnx_converter": "ONNX converters"}
 
 
 def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
@@ -187,6 +188,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A saved model as an ONNX file (docs/onnx.md); nothing is written on any error."""
+    check_writable(args.output, "OUT.onnx")
+    export_onnx(load(args.model), args.output, opset=args.opset)
+    print(f"wrote {args.output} (ONNX opset {args.opset or DEFAULT_OPSET})")
+    return 0
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
 
     registry = get_registry()
@@ -328,10 +337,16 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default="digits")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    export = sub.add_parser("export", help="write a saved model as an ONNX file")
+    export.add_argument("model", help="a model saved by `deltaprop train --out` (.npz)")
+    export.add_argument("output", metavar="OUT.onnx")
+    export.add_argument("--opset", type=int,
+                        help=f"ONNX opset to write (default {DEFAULT_OPSET})")
+    export.set_defaults(func=cmd_export)
+
     layers = sub.add_parser("layers", help="list registered layers and their providers")
     layers.add_argument("--json", action="store_true")
-    layers.add_argument("--kind", default="layer",
-                        choices=["layer", "loss", "optimizer", "initializer", "all"])
+    layers.add_argument("--kind", default="layer", choices=[*KINDS, "all"])
     layers.set_defaults(func=cmd_layers)
 
     check = sub.add_parser("check", help="run the conformance kit (gradient check and "

@@ -15,6 +15,7 @@ import numpy as np
 import pluggy
 
 if TYPE_CHECKING:
+    from .export.onnx_graph import Converter
     from .layer import Layer
     from .loss import Loss
     from .optimizer import Optimizer
@@ -51,4 +52,13 @@ def deltaprop_register_optimizers() -> list[type[Optimizer]]:
 def deltaprop_register_initializers() -> dict[str, Initializer]:
     """Return ``{name: initializer}``; an initializer is called as
     ``init(shape, fan_in=..., fan_out=..., rng=...)`` and returns an array of ``shape``."""
+    raise NotImplementedError
+
+
+@hookspec
+def deltaprop_register_onnx_converters() -> dict[str, Converter]:
+    """Return ``{layer name: converter}`` for ONNX export; a converter is called as
+    ``converter(layer, ctx)`` with an ``ExportContext`` and returns one ONNX value name
+    per output of the layer (docs/onnx.md). A layer may convert itself instead
+    (``Layer.to_onnx``)."""
     raise NotImplementedError

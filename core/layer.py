@@ -28,6 +28,7 @@ from .errors import ConfigError, DeltapropError, ModelFileError, ShapeError, add
 from .tensor import Node, Shape, Tensor, build_rng, format_shapes, symbolic_inputs
 
 if TYPE_CHECKING:
+    from .export.onnx_graph import ExportContext
     from .loss import Loss
 
 Arrays = tuple[np.ndarray, ...]
@@ -217,6 +218,16 @@ class Layer(Configurable):
         Training then skips this layer and uses that loss, computed in one pass. None
         (the default): no such loss."""
         return None
+
+    # -- leaving deltaprop -----------------------------------------------------------------
+    def to_onnx(self, ctx: ExportContext) -> Sequence[str]:
+        """Write this layer as ONNX operators (``deltaprop export``): emit them through
+        ``ctx`` (``ctx.op``, ``ctx.param``, ``ctx.constant``) on the value names
+        ``ctx.inputs`` and return one value name per output. Optional: a plugin may
+        instead register a converter for the layer's name through the
+        ``deltaprop_register_onnx_converters`` hook (docs/onnx.md). Without either, the
+        export stops naming the node and the layer."""
+        raise NotImplementedError(f"layer {self.name!r} defines no ONNX converter")
 
     # -- state carried across calls (truncated BPTT, generation) -----------------------
     def carries_state(self) -> bool:

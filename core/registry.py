@@ -45,6 +45,7 @@ KINDS: dict[str, tuple[str, type | None]] = {
     "loss": ("deltaprop_register_losses", Loss),
     "optimizer": ("deltaprop_register_optimizers", Optimizer),
     "initializer": ("deltaprop_register_initializers", None),
+    "onnx_converter": ("deltaprop_register_onnx_converters", None),
 }
 
 
