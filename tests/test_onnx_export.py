@@ -127,6 +127,15 @@ def test_pools_with_padding_and_uneven_windows():
                           stride=[2, 1], padding=[1, 1])
 
 
+def test_the_check_catches_a_wrong_converter(monkeypatch):
+    """The comparison can fail: lstm's gates written in deltaprop's order, not ONNX's."""
+    from deltaprop.plugins import onnx_converters
+
+    monkeypatch.setitem(onnx_converters.ONNX_GATE_ORDER, "lstm", [0, 1, 2, 3])
+    with pytest.raises(AssertionError, match="differs from ONNX Runtime"):
+        check_onnx_export(registry.get("layer", "lstm"), [(4, 3)], units=2)
+
+
 # -- opsets -------------------------------------------------------------------------------
 @pytest.mark.parametrize("opset", [13, DEFAULT_OPSET, 21])
 def test_opsets(opset, tmp_path):
@@ -370,3 +379,30 @@ def test_cli_export_bad_input_is_one_line_and_writes_nothing(case, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("deltaprop: error:") and "\n" not in err, err
     assert sorted(os.listdir(tmp_path)) == before
+
+
+# -- a trained model ------------------------------------------------------------------------
+def test_trained_digits_cnn_has_the_same_test_accuracy_in_onnxruntime(tmp_path, capsys):
+    """``deltaprop train examples/digits_cnn.toml`` (3 epochs), ``deltaprop export``,
+    then the test set through ONNX Runtime: the same predictions, the same accuracy."""
+    from deltaprop.cli import main
+    from deltaprop.io.data import load_data
+    from deltaprop.testing.export_check import session
+
+    model, exported = tmp_path / "cnn.npz", tmp_path / "cnn.onnx"
+    assert main(["train", str(EXAMPLES / "digits_cnn.toml"), "--epochs", "3",
+                 "--no-progress", "--out", str(model)]) == 0
+    assert main(["export", str(model), str(exported)]) == 0
+    printed = capsys.readouterr().out
+    net = deltaprop.load(model)
+    data = load_data("digits").reshaped(net.input_shapes[0])
+    x = data.x_test.astype("float32")
+    ours = np.asarray(net.predict(x))
+    theirs = session(exported).run(None, {"x": x})[0]
+    labels = np.asarray(data.y_test)  # class indices
+    accuracy = float(np.mean(ours.argmax(axis=1) == labels))
+    assert f"test accuracy: {accuracy:.4f}" in printed
+    assert float(np.mean(theirs.argmax(axis=1) == labels)) == accuracy
+    assert np.array_equal(theirs.argmax(axis=1), ours.argmax(axis=1))
+    assert accuracy > 0.9
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.abs(ours).max())
