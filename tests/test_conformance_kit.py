@@ -37,6 +37,10 @@ class Good(Layer):
         x, (g,) = cache, grad_outputs
         return (g * self.params["w"] * self.factor,), {"w": (g * x).sum(axis=0) * self.factor}
 
+    def to_onnx(self, ctx):
+        scaled = ctx.op("Mul", [ctx.inputs[0], ctx.param("w")])
+        return (ctx.op("Mul", [scaled, ctx.constant(float(self.factor))]),)
+
 
 class KeepsInputOnSelf(Good):
     def forward(self, inputs, *, train):

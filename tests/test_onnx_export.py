@@ -304,7 +304,7 @@ def test_a_layer_converting_itself():
 @pytest.mark.parametrize("opset", [12, 10_000, "17", True])
 def test_unsupported_opset(opset, tmp_path):
     net = _two_input_net()
-    with pytest.raises(ExportError, match="opset .* is not supported"):
+    with pytest.raises(ExportError, match=r"opset .* is not supported"):
         deltaprop.export_onnx(net, tmp_path / "m.onnx", opset=opset)
     assert list(tmp_path.iterdir()) == []
 
@@ -406,3 +406,34 @@ def test_trained_digits_cnn_has_the_same_test_accuracy_in_onnxruntime(tmp_path, 
     assert np.array_equal(theirs.argmax(axis=1), ours.argmax(axis=1))
     assert accuracy > 0.9
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.abs(ours).max())
+
+
+# -- the conformance kit's export check ---------------------------------------------------------
+class Tripler(deltaprop.Layer):
+    name = "kit_tripler"
+    examples = [{"config": {}, "input_shapes": [(3,)]}]
+
+    def forward(self, inputs, *, train):
+        return (inputs[0] * 3,), None
+
+    def backward(self, cache, grad_outputs):
+        return (grad_outputs[0] * 3,), {}
+
+
+def test_the_kit_runs_the_export_check_when_the_layer_converts():
+    from deltaprop.testing import check_conformance
+
+    class Converts(Tripler):
+        def to_onnx(self, ctx):
+            return (ctx.op("Mul", [ctx.inputs[0], ctx.constant(3.0)]),)
+
+    class ConvertsWrongly(Tripler):
+        def to_onnx(self, ctx):
+            return (ctx.op("Add", [ctx.inputs[0], ctx.inputs[0]]),)
+
+    report = check_conformance(Converts, [(3,)], checks=["onnx_export"])
+    assert report.outcomes == {"onnx_export": "ok"}
+    report = check_conformance(Tripler, [(3,)], checks=["onnx_export"])
+    assert report.outcomes == {"onnx_export": "skipped"}
+    with pytest.raises(AssertionError, match=r"'onnx_export' failed .* differs from ONNX"):
+        check_conformance(ConvertsWrongly, [(3,)], checks=["onnx_export"])

@@ -102,7 +102,7 @@ def build_model(net: Network, opset: int | None = None, registry: Registry | Non
     steps = list(net.steps)
     converters = [find(step.layer, _step_name(step)) for step in steps]  # all, up front
     graph = OnnxGraph(opset)
-    input_names = [t.node.name for t in net.inputs]
+    input_names = [str(t.node.name) for t in net.inputs]  # (named by the Network)
     output_names = list(net.output_names)
     if len(set(output_names)) != len(output_names):
         raise ExportError(f"network {net.name!r}: an output is listed twice "

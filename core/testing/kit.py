@@ -5,7 +5,8 @@ plugin authors alike.
 parameters). ``check_conformance`` runs it together with the rules that let the
 executor share layers, free caches and save networks: config round trip, save/load
 inside a network, no per-call state kept on the layer, cache released, train vs
-inference, float32 and float64, and a clear error from ``build`` for a wrong shape.
+inference, float32 and float64, and a clear error from ``build`` for a wrong shape;
+and, for a layer with an ONNX converter, the same outputs in ONNX Runtime.
 Every check raises AssertionError with a message naming the layer and what broke.
 
 Train-mode forwards may be random (dropout) or update state (batch norm running
@@ -36,11 +37,12 @@ from ..loss import Loss
 from ..network import Network
 from ..registry import Registry, get_registry, reset_registry
 from ..tensor import Input
+from .export_check import check_onnx_export, exports
 
 #: Names of the conformance checks, in the order ``check_conformance`` runs them.
 CHECKS: tuple[str, ...] = (
     "gradients", "config_round_trip", "save_load", "no_per_call_state", "cache_released",
-    "train_inference", "dtypes", "rejects_bad_shapes",
+    "train_inference", "dtypes", "rejects_bad_shapes", "onnx_export",
 )
 
 
@@ -567,9 +569,12 @@ def check_conformance(layer_class: type[Layer], input_shapes: Sequence[Sequence[
         "dtypes": lambda: check_dtypes(layer_class, shapes, **seeded),
         "rejects_bad_shapes": lambda: check_rejects_bad_shapes(
             layer_class, shapes, bad_input_shapes=bad_input_shapes, **config),
+        # run only when the layer has a converter and onnxruntime is installed
+        "onnx_export": lambda: check_onnx_export(layer_class, shapes, **seeded),
     }
     for check in selected:
-        if check in skipped:
+        if check in skipped or (check == "onnx_export"
+                                and not exports(layer_class, shapes, **config)):
             report.outcomes[check] = "skipped"
             continue
         try:

@@ -187,6 +187,10 @@ class $class_name(Layer):
         grad_s = (g * x).reshape(-1, x.shape[-1]).sum(axis=0)
         return (g * self.params["s"],), {"s": grad_s}
 
+    def to_onnx(self, ctx: Any) -> tuple[str, ...]:
+        """For ``deltaprop export``: the same product as ONNX operators (docs/onnx.md)."""
+        return (ctx.op("Mul", [ctx.inputs[0], ctx.param("s")]),)
+
 
 @hookimpl
 def deltaprop_register_layers() -> list[type[Layer]]:
