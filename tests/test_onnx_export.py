@@ -89,6 +89,19 @@ def test_recurrent_layers_with_lengths_and_states(cell, options):
                       **bi_options)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_recurrent_lengths_from_zero_to_full(cell):
+    for reverse in (False, True):
+        x = deltaprop.Input((5, 3), name="x")
+        lengths = deltaprop.Input((), name="lengths", dtype="int64")
+        outs = deltaprop.create(cell, units=4, use_lengths=True, reverse=reverse,
+                                return_sequences=True, return_state=True)(x, lengths)
+        net = deltaprop.Network([x, lengths], list(outs))
+        rng = np.random.default_rng(0)
+        sequences = rng.standard_normal((4, 5, 3)).astype("float32")
+        compare_with_onnxruntime(net, [[sequences, np.array([0, 5, 2, 1])]])
+
+
 def test_rnn_relu_and_time_distributed_recurrent_cell():
     check_onnx_export(registry.get("layer", "rnn"), [(4, 2)], units=3, activation="relu",
                       return_sequences=True)
