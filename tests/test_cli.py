@@ -57,7 +57,7 @@ def test_check_runs_the_conformance_kit_on_installed_layers():
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert {r["layer"] for r in rows} == {"dense", "lstm"}
-    assert all(r["ok"] and r["checks"] == 8 and r["max_rel_error"] < 1e-6 for r in rows)
+    assert all(r["ok"] and r["checks"] == 9 and r["max_rel_error"] < 1e-6 for r in rows)
     table = deltaprop("check", "--distribution", "deltaprop", "relu")
     assert table.returncode == 0, table.stderr
     assert "relu" in table.stdout and "passed, 0 failed" in table.stdout
