@@ -105,7 +105,8 @@ $classifiers
 ]
 
 [project.optional-dependencies]
-test = ["pytest>=7.4"]
+# onnx and onnxruntime let the conformance kit compare the layer's ONNX export
+test = ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.17"]
 
 # Every module listed here is one deltaprop plugin: its hooks are called on first use
 # of the registry, and `deltaprop layers` shows what it provides.
