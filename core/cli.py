@@ -339,7 +339,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a saved model as an ONNX file")
     export.add_argument("model", help="a model saved by `deltaprop train --out` (.npz)")
-    export.add_argument("output", metavar="OUT.onnx")
+    export.add_argument("output", metavar="OUT.onnx",
+                        help="where to write the ONNX model (replaced only on success)")
     export.add_argument("--opset", type=int,
                         help=f"ONNX opset to write (default {DEFAULT_OPSET})")
     export.set_defaults(func=cmd_export)

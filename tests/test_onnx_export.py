@@ -358,6 +358,21 @@ def test_a_layer_converting_itself():
                                    for b in BATCHES])
 
 
+def test_a_converter_that_raises_is_named(tmp_path):
+    class Broken(Unconvertible):
+        name = "broken_converter"
+
+        def to_onnx(self, ctx):
+            return (ctx.param("missing"),)
+
+    x = deltaprop.Input(3, name="x")
+    net = deltaprop.Network(x, Broken()(x, name="broken"))
+    with pytest.raises(ExportError, match=r"node 'broken': the ONNX converter of layer "
+                                          r"'broken_converter' raised KeyError"):
+        deltaprop.export_onnx(net, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("opset", [12, 10_000, "17", True])
 def test_unsupported_opset(opset, tmp_path):
     net = _two_input_net()

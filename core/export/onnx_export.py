@@ -122,6 +122,9 @@ def build_model(net: Network, opset: int | None = None, registry: Registry | Non
             produced = tuple(converter(layer, ctx))
         except DeltapropError as exc:
             raise ExportError(f"{_step_name(step)} (layer {layer.name!r}): {exc}") from None
+        except Exception as exc:  # a converter's bug: name where (--debug shows the rest)
+            raise ExportError(f"{_step_name(step)}: the ONNX converter of layer "
+                              f"{layer.name!r} raised {type(exc).__name__}: {exc}") from exc
         if len(produced) != len(node.outputs):
             raise ExportError(f"{_step_name(step)}: the ONNX converter of layer "
                               f"{layer.name!r} returned {len(produced)} value(s) for "
