@@ -158,6 +158,11 @@ def test_opsets(opset, tmp_path):
                                  ("split", [(6,)], {"sections": [2, 4]}),
                                  ("global_avg_pool2d", [(2, 3, 3)], {})]:
         check_onnx_export(registry.get("layer", name), shapes, opset=opset, **config)
+    contrib = [("gelu", [(5,)], {}), ("gelu", [(5,)], {"approximate": "tanh"}),
+               ("layer_norm", [(2, 4)], {}), ("layer_norm", [(4,)], {"elementwise_affine": False})]
+    for name, shapes, config in contrib:
+        if name in registry.names("layer"):  # (deltaprop-contrib installed)
+            check_onnx_export(registry.get("layer", name), shapes, opset=opset, **config)
     net, _ = example_network(registry.get("layer", "dense"), [(3,)], units=2)
     deltaprop.export_onnx(net, tmp_path / "m.onnx", opset=opset)
     model = onnx.load(tmp_path / "m.onnx")

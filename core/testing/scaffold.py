@@ -106,7 +106,7 @@ $classifiers
 
 [project.optional-dependencies]
 # onnx and onnxruntime let the conformance kit compare the layer's ONNX export
-test = ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.17"]
+test = ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18"]
 
 # Every module listed here is one deltaprop plugin: its hooks are called on first use
 # of the registry, and `deltaprop layers` shows what it provides.
