@@ -204,7 +204,7 @@ def recurrent(layer: Any, ctx: ExportContext) -> Outputs:
     p = layer.params
     weights = [_cell_weights((p["W_x"], p["W_h"], p["b_x"], p["b_h"]), cell, H)]
     values = _sequence_op(ctx, cell, H, ["reverse" if layer.reverse else "forward"], weights,
-                          ctx.inputs[0], states, lengths, getattr(layer, "activation", "tanh"))
+                          ctx.inputs[0], states, lengths, layer.activation_name)
     if layer.return_sequences:
         first = ctx.transpose(ctx.squeeze(values[0], [1]), [1, 0, 2])
     else:
