@@ -120,3 +120,16 @@ def test_a_layer_whose_plugin_is_gone_names_the_distribution(tmp_path, net):
     rewrite(good, gone, meta=meta)
     with pytest.raises(ModelFileError, match=r"swish_deluxe.*fancy-layers"):
         load(gone)
+
+
+def test_a_node_named_by_the_user_keys_its_layers_parameters(tmp_path):
+    """The spec that rebuilds a saved network labels each layer by its node's name, so
+    the network must key parameters by that name too, or its file would not load."""
+    x = deltaprop.Input((3,))
+    hidden = deltaprop.create("dense", units=4)(x, name="hidden")
+    net = deltaprop.Network(x, deltaprop.create("dense", units=2)(hidden))
+    assert list(net.params) == ["hidden/W", "hidden/b", "dense/W", "dense/b"]
+    deltaprop.save(net, tmp_path / "m.npz")
+    again = deltaprop.load(tmp_path / "m.npz")
+    for key, value in net.params.items():
+        np.testing.assert_array_equal(again.params[key], value)

@@ -90,6 +90,17 @@ def assign_names(name: str, inputs: Sequence[Tensor], nodes: Sequence[Node]) -> 
     for t in inputs:
         if not t.node.name:
             t.node.name = names.fresh("input")
+    first_node: dict[int, Node] = {}
+    for node in nodes:
+        if node.layer is not None:
+            first_node.setdefault(id(node.layer), node)
+    # an unlabelled layer whose first node the user named takes that name, so that its
+    # parameters are keyed as the spec that rebuilds it keys them; the rest get fresh ones
+    for layer in layers:
+        given = first_node[id(layer)].name
+        if not layer.label and given and given not in labels:
+            layer.label = given
+            labels.add(given)
     for layer in layers:
         if not layer.label:
             layer.label = names.fresh(layer.name)
