@@ -9,6 +9,7 @@ import pytest
 
 import deltaprop
 from deltaprop import Layer
+from deltaprop.errors import ShapeError
 from deltaprop.testing import CHECKS, check_conformance, conformance_results
 
 pytest_plugins = ["pytester"]
@@ -26,6 +27,8 @@ class Good(Layer):
 
     def build(self, input_shapes, rng=None):
         self.expect_inputs(input_shapes)
+        if not input_shapes[0]:
+            raise ShapeError(f"kit_good needs a feature axis, got shape {input_shapes[0]}")
         self.add_param("w", (input_shapes[0][-1],), "glorot_uniform", rng, fan_in=2, fan_out=2)
         return (tuple(input_shapes[0]),)
 
@@ -101,7 +104,7 @@ class StateOutsideParams(Good):
     (LeaksFloat64, "dtypes", "float32 layer returned a float64 output"),
     (RenamesItsConfig, "config_round_trip", "not stored under its own name"),
     (AcceptsAnyShape, "rejects_bad_shapes", "accepted the wrong input shapes"),
-    (ModifiesItsInput, "train_inference", "modified input 0 in place"),
+    (ModifiesItsInput, "read_only_arrays", "forward wrote into a read-only input"),
     (StateOutsideParams, "save_load", "differs after a save/load round trip"),
 ])
 def test_each_check_catches_its_violation(layer_class, check, message):

@@ -30,6 +30,8 @@ from ..registry import get_registry
 from .kit import (
     check_conformance,
     check_loss,
+    example_index,
+    examples_problem,
     layer_cases,
     layers_of_distribution,
     normalized_name,
@@ -39,10 +41,10 @@ INI_OPTION = "deltaprop_distribution"
 MARKER = "deltaprop_distribution"
 
 
-def _case_id(component_class: Any, example: dict[str, Any]) -> str:
+def _case_id(component_class: Any, example: Any) -> str:
     """``<name>-<index of the example>``, the pytest id of one case."""
-    index = component_class.examples.index(example) if example else "none"
-    return f"{component_class.name}-{index}"
+    index = example_index(component_class, example)
+    return f"{component_class.name}-{'none' if index is None else index}"
 
 
 @dataclass
@@ -50,7 +52,7 @@ class LayerCase:
     """One example of one layer class, ready to run through the conformance kit."""
 
     layer_class: Any
-    example: dict[str, Any] = field(default_factory=dict)
+    example: Any = field(default_factory=dict)
     distribution: str = ""
 
     @property
@@ -60,9 +62,9 @@ class LayerCase:
     def check(self, **options: Any) -> Any:
         """Run every conformance check (``options`` go to ``check_conformance``, e.g.
         ``skip=["dtypes"]``) and return its report."""
-        if not self.example:
-            pytest.fail(f"layer {self.layer_class.name!r} of {self.distribution} declares no "
-                        f"`examples` (config and input shapes) for the conformance kit")
+        problem = examples_problem(self.layer_class, self.example)
+        if problem is not None:
+            pytest.fail(f"layer {self.layer_class.name!r} of {self.distribution}: {problem}")
         return check_conformance(
             self.layer_class, self.example["input_shapes"],
             bad_input_shapes=self.example.get("bad_input_shapes", ()),
