@@ -258,6 +258,19 @@ def check_config_round_trip(layer_class: type[Layer], input_shapes: Sequence[Seq
             raise AssertionError(f"{name}: a layer rebuilt from get_config() {got} computes a "
                                  f"different output {k} from the original: a hyper-parameter "
                                  f"is not stored under its own name")
+    # a training forward too: a hyper-parameter may only steer state (a momentum)
+    for k, (x, y) in enumerate(zip(a.forward(_copies(arrays), train=True)[0],
+                                   b.forward(_copies(arrays), train=True)[0], strict=True)):
+        if not np.array_equal(x, y):
+            raise AssertionError(f"{name}: a layer rebuilt from get_config() {got} computes a "
+                                 f"different training output {k} from the original: a "
+                                 f"hyper-parameter is not stored under its own name")
+    for pname, value in a.params.items():
+        if not np.array_equal(b.params[pname], value):
+            raise AssertionError(f"{name}: after a training forward, {pname!r} of a layer "
+                                 f"rebuilt from get_config() {got} differs from the "
+                                 f"original's: a hyper-parameter is not stored under its own "
+                                 f"name")
 
 
 def _temporary_registry(layer_class: type[Layer]) -> tuple[Any, Any] | None:
