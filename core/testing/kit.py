@@ -2,11 +2,14 @@
 plugin authors alike.
 
 ``check_layer`` is the float64 finite-difference gradient check (inputs and
-parameters). ``check_conformance`` runs it together with the rules that let the
-executor share layers, free caches and save networks: config round trip, save/load
-inside a network, no per-call state kept on the layer, cache released, train vs
-inference, float32 and float64, and a clear error from ``build`` for a wrong shape.
-Every check raises AssertionError with a message naming the layer and what broke.
+parameters), run at the initial parameters and at random perturbations of them.
+``check_conformance`` runs every check of ``CHECKS`` (name -> function of a ``Case``;
+a new check is one function registered with ``@conformance_check``) on one example and
+reports each one that fails, by name: gradients, config round trip, save/load inside
+a network, no per-call state, caches released and in proportion, inference vs
+training, state kept in params, recomputation, no writes into inputs or
+``grad_outputs`` (handed read-only), float32 and float64, and shape errors on declared
+and on made-up wrong shapes.
 
 Train-mode forwards may be random (dropout) or update state (batch norm running
 statistics). The kit therefore compares train-mode results on *replicas*: deep copies
