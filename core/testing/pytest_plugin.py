@@ -8,13 +8,12 @@ package's test suite checks every layer its distribution registers in a few line
     def test_layer_conformance(deltaprop_layer_case):
         deltaprop_layer_case.check()
 
-    def test_loss_gradients(deltaprop_loss_case):
-        deltaprop_loss_case.check()
-
 Tests asking for ``deltaprop_layer_case`` are parametrized over every example of every
 layer the installed distribution registers (so a new layer is checked without a new
-test); ``deltaprop_loss_case`` likewise over its losses. The distribution comes from
-the ``deltaprop_distribution`` marker, or the ``deltaprop_distribution`` ini option.
+test); ``deltaprop_loss_case`` likewise over its losses (add such a test only for a
+distribution that registers losses: it fails for one that registers none). The
+distribution comes from the ``deltaprop_distribution`` marker, or the
+``deltaprop_distribution`` ini option.
 A distribution that registers nothing fails loudly instead of passing on no cases.
 Nothing here touches the registry until tests are collected.
 """
