@@ -245,8 +245,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(_table(rows, ["layer", "example", "distribution", "result", "checks",
                             "max rel grad error", "s"]))
         for r in results:
-            if not r.ok:
-                print(f"FAIL {r.layer} example {r.example}: {r.detail}")
+            for check, message in r.failures.items():  # one line per failed check
+                print(f"FAIL {r.layer} example {r.example} [{check}]: {message}")
         failed = sum(not r.ok for r in results)
         print(f"{len(results)} cases: {len(results) - failed} passed, {failed} failed")
     return 1 if any(not r.ok for r in results) else 0

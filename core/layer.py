@@ -101,6 +101,10 @@ class Layer(Configurable):
     #: False to keep the fusion pass from merging the element-wise activation after this
     #: layer into it (see ``fused_with``).
     fusable: ClassVar[bool] = True
+    #: Attributes holding a ``numpy.random.Generator`` that a training forward draws from
+    #: (dropout's mask generator): besides the ``non_trainable`` params, the only state a
+    #: training forward may change. A layer that has them sets ``recomputable = False``.
+    random_generators: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
         self.dtype = check_dtype(f"layer {self.name!r}", dtype)
@@ -244,6 +248,13 @@ class Layer(Configurable):
         raise NotImplementedError(f"layer {self.name!r} carries no state")
 
     # -- for the conformance kit -----------------------------------------------------
+    def cache_allowance(self) -> tuple[float, str] | None:
+        """``(factor, why)`` when a training cache needs more than the conformance kit's
+        default bound: up to ``factor`` times the bytes of the call's inputs, outputs and
+        parameters (a convolution's unfolded input, a recurrent layer's gates at every
+        step). None (the default) keeps the kit's bound."""
+        return None
+
     @classmethod
     def sample_inputs(cls, rng: np.random.Generator, input_shapes: Sequence[Shape],
                       batch: int, dtype: str) -> list[np.ndarray]:

@@ -549,6 +549,12 @@ class Conv2D(Layer):
                            fan_in=fan_in, fan_out=fan_out)
         return ((self.filters, geo.Ho, geo.Wo),)
 
+    def cache_allowance(self) -> tuple[float, str] | None:
+        if self.algorithm == "direct":
+            return None
+        return (4.0, "the FFT algorithm caches the complex spectrum of the input, padded to "
+                     "a fast FFT length")
+
     def pick(self, geo: Geometry, n: int) -> str:
         """The algorithm this layer runs for a batch of ``n`` inputs of geometry ``geo``."""
         if self.algorithm != "auto":

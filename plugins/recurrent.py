@@ -655,6 +655,9 @@ class Recurrent(Layer):
     cell: ClassVar[str] = ""
     n_inputs = None
 
+    def cache_allowance(self) -> tuple[float, str] | None:
+        return (4.0, "backpropagation through time reads the gates and states of every step")
+
     def __init__(self, units: int, *, return_sequences: bool = False,
                  return_state: bool = False, reverse: bool = False,
                  initial_state: bool = False, use_lengths: bool = False,
@@ -857,6 +860,9 @@ class Bidirectional(Layer):
                     "initial_state": True}, "input_shapes": [(3, 2), (2,), (2,)]},
     ]
 
+    def cache_allowance(self) -> tuple[float, str] | None:
+        return (4.0, "backpropagation through time reads the gates and states of every step")
+
     def __init__(self, cell: str, units: int, *, activation: str = "tanh",
                  return_sequences: bool = False, return_state: bool = False,
                  initial_state: bool = False, use_lengths: bool = False,
@@ -1003,6 +1009,9 @@ class TimeDistributed(Layer):
             raise ConfigError(f"time_distributed: cannot create the wrapped layer {wrap!r}: "
                               f"{exc}") from None
         self.params = self.inner.params  # one dict: loading or updating one updates both
+
+    def cache_allowance(self) -> tuple[float, str] | None:
+        return self.inner.cache_allowance()
 
     def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape, ...]:
         self.expect_inputs(input_shapes)

@@ -9,6 +9,7 @@ import pytest
 
 import deltaprop
 from deltaprop import Layer
+from deltaprop.errors import ShapeError
 from deltaprop.testing import CHECKS, check_conformance, conformance_results
 
 pytest_plugins = ["pytester"]
@@ -26,6 +27,8 @@ class Good(Layer):
 
     def build(self, input_shapes, rng=None):
         self.expect_inputs(input_shapes)
+        if not input_shapes[0]:
+            raise ShapeError(f"kit_good needs a feature axis, got shape {input_shapes[0]}")
         self.add_param("w", (input_shapes[0][-1],), "glorot_uniform", rng, fan_in=2, fan_out=2)
         return (tuple(input_shapes[0]),)
 
@@ -105,7 +108,7 @@ class StateOutsideParams(Good):
     (LeaksFloat64, "dtypes", "float32 layer returned a float64 output"),
     (RenamesItsConfig, "config_round_trip", "not stored under its own name"),
     (AcceptsAnyShape, "rejects_bad_shapes", "accepted the wrong input shapes"),
-    (ModifiesItsInput, "train_inference", "modified input 0 in place"),
+    (ModifiesItsInput, "read_only_arrays", "forward wrote into a read-only input"),
     (StateOutsideParams, "save_load", "differs after a save/load round trip"),
 ])
 def test_each_check_catches_its_violation(layer_class, check, message):
@@ -195,3 +198,151 @@ def test_pytest_plugin_fails_for_a_distribution_that_registers_nothing(pytester)
     result = pytester.runpytest("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*not-installed-anywhere*registers no layers*"])
+
+
+class ExamplesNotAList(Good):
+    name = "kit_examples_not_a_list"
+    examples = {"config": {}, "input_shapes": [(4,)]}  # type: ignore[assignment]
+
+
+class ExampleNotADict(Good):
+    name = "kit_example_not_a_dict"
+    examples = [[(4,)], {"config": {}, "input_shapes": [(4,)]}]
+
+
+def test_examples_that_are_not_a_list_fail_one_case_and_the_rest_runs():
+    results = conformance_results([ExamplesNotAList, ExampleNotADict, Checked])
+    by_layer = {(r.layer, r.example): r for r in results}
+    broken = by_layer["kit_examples_not_a_list", None]
+    assert not broken.ok and "`examples` must be a list" in broken.detail
+    assert "got dict" in broken.detail
+    entry = by_layer["kit_example_not_a_dict", 0]
+    assert not entry.ok and "is a list, not a dict" in entry.detail
+    assert by_layer["kit_example_not_a_dict", 1].ok
+    assert by_layer["kit_checked", 0].ok and by_layer["kit_checked", 1].ok
+
+
+def test_deltaprop_check_reports_a_bad_examples_attribute_in_one_line(capsys):
+    import types
+
+    from deltaprop.cli import main
+    from deltaprop.registry import Registry, get_registry, reset_registry
+
+    module = types.ModuleType("kit_cli_layers")
+    module.deltaprop_register_layers = deltaprop.hookimpl(
+        lambda: [ExamplesNotAList, Checked])
+    previous, registry = get_registry(), Registry()
+    registry.register_plugin(module)
+    reset_registry(registry)
+    try:
+        status = main(["check", "kit_examples_not_a_list", "kit_checked", "--no-progress"])
+    finally:
+        reset_registry(previous)
+    out = capsys.readouterr().out
+    assert status == 1
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert fails == ["FAIL kit_examples_not_a_list example None [examples]: `examples` must "
+                     "be a list of {'config': {...}, 'input_shapes': [...]} dicts, got dict"]
+    assert "3 cases: 2 passed, 1 failed" in out
+
+
+class CachesTooMuch(Good):
+    """Caches its input five times over: past the default bound unless declared."""
+
+    name = "kit_caches_too_much"
+    allowance: tuple[float, str] | None = None
+
+    def forward(self, inputs, *, train):
+        (y,), x = super().forward(inputs, train=train)
+        return (y,), (None if x is None else {"x": x, "copies": [x * k for k in range(5)]})
+
+    def backward(self, cache, grad_outputs, *, needs_grad=None):
+        return super().backward(cache["x"], grad_outputs)
+
+    def cache_allowance(self):
+        return self.allowance
+
+
+def test_the_cache_bound_names_the_entries_and_a_declared_allowance_raises_it():
+    with pytest.raises(AssertionError, match=r"cache\['copies'\]\[\d\] \(3, 4\)") as caught:
+        check_conformance(CachesTooMuch, [(4,)], checks=["cache_size"])
+    assert "declare cache_allowance()" in str(caught.value)
+
+    class Declared(CachesTooMuch):
+        allowance = (6.0, "keeps five multiples of the input for a test")
+
+    check_conformance(Declared, [(4,)], checks=["cache_size"])
+
+    class TooLittle(CachesTooMuch):
+        allowance = (2.5, "not enough")
+
+    with pytest.raises(AssertionError, match=r"bound of 2\.5 times \(declared: not enough"):
+        check_conformance(TooLittle, [(4,)], checks=["cache_size"])
+
+
+class Noisy(Good):
+    """Adds noise from its own generator in training: declared, and not recomputable."""
+
+    name = "kit_noisy"
+    recomputable = False
+    random_generators = ("_rng",)
+
+    def __init__(self, *, factor: float = 1.0, seed: int = 0, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(factor=factor, dtype=dtype, label=label)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def forward(self, inputs, *, train):
+        (y,), cache = super().forward(inputs, train=train)
+        if train:
+            y = y + self._rng.standard_normal(y.shape).astype(y.dtype)
+        return (y,), cache
+
+
+def test_a_declared_generator_may_advance_and_an_undeclared_one_may_not():
+    check_conformance(Noisy, [(4,)], checks=["state_in_params", "recomputable", "gradients"])
+
+    class Undeclared(Noisy):
+        random_generators = ()
+
+    with pytest.raises(AssertionError, match=r"changed layer\._rng on the layer"):
+        check_conformance(Undeclared, [(4,)], checks=["state_in_params"])
+
+    class Recomputable(Noisy):
+        recomputable = True
+
+    with pytest.raises(AssertionError, match="set recomputable = False"):
+        check_conformance(Recomputable, [(4,)], checks=["recomputable"])
+
+    class NotAGenerator(Noisy):
+        random_generators = ("factor",)
+
+    with pytest.raises(AssertionError, match=r"'factor', which is not a numpy\.random\.Generator"):
+        check_conformance(NotAGenerator, [(4,)], checks=["state_in_params"])
+
+
+def test_made_up_shapes_cover_missing_and_extra_axes_and_mismatched_inputs():
+    from deltaprop.testing import made_up_shapes
+
+    assert made_up_shapes([(4,)]) == [[()], [(2, 4)]]
+    assert made_up_shapes([(3, 4), (5,)]) == [
+        [(4,), (5,)], [(2, 3, 4), (5,)], [(3, 4), ()], [(3, 4), (2, 5)], [(3, 4), (6,)]]
+
+
+def test_a_check_is_one_registered_function():
+    from deltaprop.testing import conformance_check
+    from deltaprop.testing.kit import CHECKS as registry
+
+    calls = []
+
+    @conformance_check("kit_test_extra")
+    def extra(case):
+        calls.append((case.layer_class.name, case.input_shapes, case.config))
+
+    try:
+        report = check_conformance(Good, [(4,)], checks=["kit_test_extra"], factor=2.0)
+    finally:
+        del registry["kit_test_extra"]
+    assert report.passed == ["kit_test_extra"]
+    assert calls == [("kit_good", [(4,)], {"factor": 2.0})]

@@ -2,12 +2,15 @@
 plugin authors alike.
 
 ``check_layer`` is the float64 finite-difference gradient check (inputs and
-parameters). ``check_conformance`` runs it together with the rules that let the
-executor share layers, free caches and save networks: config round trip, save/load
-inside a network, no per-call state kept on the layer, cache released, train vs
-inference, float32 and float64, and a clear error from ``build`` for a wrong shape;
-and, for a layer with an ONNX converter, the same outputs in ONNX Runtime.
-Every check raises AssertionError with a message naming the layer and what broke.
+parameters), run at the initial parameters and at random perturbations of them.
+``check_conformance`` runs every check of ``CHECKS`` (name -> function of a ``Case``;
+a new check is one function registered with ``@conformance_check``) on one example and
+reports each one that fails, by name: gradients, config round trip, save/load inside
+a network, no per-call state, caches released and in proportion, inference vs
+training, state kept in params, recomputation, no writes into inputs or
+``grad_outputs`` (handed read-only), float32 and float64, shape errors on declared
+and on made-up wrong shapes; and, for a layer with an ONNX converter, the same outputs
+in ONNX Runtime.
 
 Train-mode forwards may be random (dropout) or update state (batch norm running
 statistics). The kit therefore compares train-mode results on *replicas*: deep copies
@@ -20,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 import types
 from collections.abc import Callable, Iterable, Sequence
@@ -38,12 +42,6 @@ from ..network import Network
 from ..registry import Registry, get_registry, reset_registry
 from ..tensor import Input
 from .export_check import check_onnx_export, exports
-
-#: Names of the conformance checks, in the order ``check_conformance`` runs them.
-CHECKS: tuple[str, ...] = (
-    "gradients", "config_round_trip", "save_load", "no_per_call_state", "cache_released",
-    "train_inference", "dtypes", "rejects_bad_shapes", "onnx_export",
-)
 
 
 @dataclass
@@ -168,29 +166,46 @@ def _check_outputs(name: str, outputs: Any, layer: Layer, batch: int, dtype: str
             raise AssertionError(f"{name}: {dtype} layer returned a {out.dtype} output")
 
 
+def perturb_params(layer: Layer, seed: int) -> None:
+    """Move every trainable parameter away from its initial value, by noise of a third of
+    its root-mean-square (at least 0.03): a gradient right only at the initial values (a
+    scale of ones, a bias of zeros) is then wrong."""
+    rng = np.random.default_rng(seed)
+    for pname in trainable_names(layer):
+        value = layer.params[pname]
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        rms = float(np.sqrt(np.mean(np.square(value)))) if value.size else 0.0
+        value += (max(rms, 0.1) / 3 * rng.standard_normal(value.shape)).astype(value.dtype)
+
+
 def check_layer(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
                 batch: int = 3, check_seed: int = 0, rtol: float = 1e-5, atol: float = 1e-7,
-                **config: Any) -> GradientReport:
+                perturbation: int = 0, **config: Any) -> GradientReport:
     """Float64 finite-difference check of a layer's input and parameter gradients.
 
     The scalar checked is ``sum_k <outputs_k, R_k>`` for random ``R_k`` of the
-    train-mode outputs, so every output and every element is exercised. Raises
-    AssertionError on a mismatch.
+    train-mode outputs, so every output and every element is exercised. With
+    ``perturbation`` n > 0 the trainable parameters are first moved by the n-th random
+    perturbation (``perturb_params``). Raises AssertionError on a mismatch.
     """
-    name = layer_class.name
     config = {**config, "dtype": "float64"}
     layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    name = layer_class.name
+    if perturbation:
+        perturb_params(layer, check_seed + 1000 * perturbation)
+        name = f"{name} (parameters perturbed, draw {perturbation})"
     inputs = sample_inputs(layer_class, layer.input_shapes or (), batch=batch,
                            dtype="float64", seed=check_seed + 1)
     snapshot = copy.deepcopy(layer)
-    outputs, cache = layer.forward(tuple(inputs), train=True)
+    outputs, cache = layer.forward(_copies(inputs), train=True)
     _check_outputs(name, outputs, layer, batch, "float64")
     rng = np.random.default_rng(check_seed + 2)
     weights = [rng.standard_normal(o.shape) for o in outputs]
 
     def objective() -> float:
         runner = _replica(snapshot, layer) if _replays(layer) else layer
-        outs, _ = runner.forward(tuple(inputs), train=True)
+        outs, _ = runner.forward(tuple(x.copy() for x in inputs), train=True)
         return float(sum(np.sum(o * w) for o, w in zip(outs, weights, strict=True)))
 
     grad_inputs, grad_params = layer.backward(cache, tuple(w.copy() for w in weights))
@@ -242,12 +257,25 @@ def check_config_round_trip(layer_class: type[Layer], input_shapes: Sequence[Seq
         b.params[pname][...] = value
     arrays = sample_inputs(layer_class, input_shapes, batch=2,
                            dtype=config.get("dtype", "float32"), seed=7)
-    for k, (x, y) in enumerate(zip(a.forward(tuple(arrays), train=False)[0],
-                                   b.forward(tuple(arrays), train=False)[0], strict=True)):
+    for k, (x, y) in enumerate(zip(a.forward(_copies(arrays), train=False)[0],
+                                   b.forward(_copies(arrays), train=False)[0], strict=True)):
         if not np.array_equal(x, y):
             raise AssertionError(f"{name}: a layer rebuilt from get_config() {got} computes a "
                                  f"different output {k} from the original: a hyper-parameter "
                                  f"is not stored under its own name")
+    # a training forward too: a hyper-parameter may only steer state (a momentum)
+    for k, (x, y) in enumerate(zip(a.forward(_copies(arrays), train=True)[0],
+                                   b.forward(_copies(arrays), train=True)[0], strict=True)):
+        if not np.array_equal(x, y):
+            raise AssertionError(f"{name}: a layer rebuilt from get_config() {got} computes a "
+                                 f"different training output {k} from the original: a "
+                                 f"hyper-parameter is not stored under its own name")
+    for pname, value in a.params.items():
+        if not np.array_equal(b.params[pname], value):
+            raise AssertionError(f"{name}: after a training forward, {pname!r} of a layer "
+                                 f"rebuilt from get_config() {got} differs from the "
+                                 f"original's: a hyper-parameter is not stored under its own "
+                                 f"name")
 
 
 def _temporary_registry(layer_class: type[Layer]) -> tuple[Any, Any] | None:
@@ -324,17 +352,17 @@ def check_no_per_call_state(layer_class: type[Layer], input_shapes: Sequence[Seq
     x2 = sample_inputs(layer_class, input_shapes, batch=batch, dtype="float64", seed=check_seed + 2)
     start = copy.deepcopy(layer)
     rng = np.random.default_rng(check_seed + 3)
-    out1, cache1 = layer.forward(tuple(x1), train=True)
+    out1, cache1 = layer.forward(_copies(x1), train=True)
     g1 = tuple(rng.standard_normal(o.shape) for o in out1)
-    out2, cache2 = layer.forward(tuple(x2), train=True)
+    out2, cache2 = layer.forward(_copies(x2), train=True)
     g2 = tuple(rng.standard_normal(o.shape) for o in out2)
-    interleaved2 = layer.backward(cache2, g2)
-    interleaved1 = layer.backward(cache1, g1)
+    interleaved2 = layer.backward(cache2, _copies(g2))  # copies: a write into grad_outputs
+    interleaved1 = layer.backward(cache1, _copies(g1))  # is the read_only_arrays rule's
     alone = copy.deepcopy(start)
-    _, c = alone.forward(tuple(x1), train=True)
-    alone1 = alone.backward(c, g1)
-    _, c = alone.forward(tuple(x2), train=True)
-    alone2 = alone.backward(c, g2)
+    _, c = alone.forward(_copies(x1), train=True)
+    alone1 = alone.backward(c, _copies(g1))
+    _, c = alone.forward(_copies(x2), train=True)
+    alone2 = alone.backward(c, _copies(g2))
     for which, got, want in (("first", interleaved1, alone1), ("second", interleaved2, alone2)):
         for i, (a, b) in enumerate(zip(got[0], want[0], strict=True)):
             if (a is None) != (b is None) or (
@@ -360,11 +388,11 @@ def check_cache_released(layer_class: type[Layer], input_shapes: Sequence[Sequen
     dtype = config.get("dtype", "float32")
     layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
     arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype, seed=check_seed + 1)
-    _, cache = layer.forward(tuple(arrays), train=False)
+    _, cache = layer.forward(_copies(arrays), train=False)
     if cache is not None:
         raise AssertionError(f"{name}: forward(train=False) returned a cache "
                              f"({type(cache).__name__}); inference must cache nothing")
-    _, cache = layer.forward(tuple(arrays), train=True)
+    _, cache = layer.forward(_copies(arrays), train=True)
     if _holds(cache, layer):
         raise AssertionError(f"{name}: the cache holds the layer object itself; cache only "
                              f"the arrays backward needs")
@@ -398,18 +426,17 @@ def _holds(obj: Any, target: object, depth: int = 0) -> bool:
 
 def check_train_inference(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
                           batch: int = 3, check_seed: int = 0, **config: Any) -> None:
-    """Inference is deterministic, changes no parameter or state, and gives outputs of the
-    declared shapes (train and inference may differ, as dropout and batch norm do)."""
+    """Inference is deterministic, changes no parameter, and gives outputs of the declared
+    shapes; a training forward changes no trainable parameter (train and inference may
+    differ, as dropout and batch norm do). Writes into inputs are ``read_only_arrays``'s."""
     name = layer_class.name
     dtype = config.get("dtype", "float32")
     layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
     arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype, seed=check_seed + 1)
     before = {k: v.copy() for k, v in layer.params.items()}
-    originals = [a.copy() for a in arrays]
-    first, _ = layer.forward(tuple(arrays), train=False)
+    first, _ = layer.forward(_copies(arrays), train=False)
     _check_outputs(name, first, layer, batch, dtype)
-    _check_unmodified(name, "an inference forward", arrays, originals)
-    second, _ = layer.forward(tuple(a.copy() for a in arrays), train=False)
+    second, _ = layer.forward(_copies(arrays), train=False)
     for k, (a, b) in enumerate(zip(first, second, strict=True)):
         if not np.array_equal(a, b):
             raise AssertionError(f"{name}: two inference calls on the same input gave "
@@ -418,26 +445,18 @@ def check_train_inference(layer_class: type[Layer], input_shapes: Sequence[Seque
         if not np.array_equal(layer.params[key], value):
             raise AssertionError(f"{name}: inference changed parameter {key!r}")
     snapshot = {k: v.copy() for k, v in layer.params.items()}
-    outputs, cache = layer.forward(tuple(arrays), train=True)
+    outputs, _ = layer.forward(_copies(arrays), train=True)
     _check_outputs(name, outputs, layer, batch, dtype)
     for key in trainable_names(layer):
         if not np.array_equal(layer.params[key], snapshot[key]):
             raise AssertionError(f"{name}: a train-mode forward changed trainable parameter "
                                  f"{key!r}; only the optimizer may")
-    grads = tuple(np.ones_like(o) for o in outputs)
-    kept = [g.copy() for g in grads]
-    layer.backward(cache, grads)
-    _check_unmodified(name, "a train-mode forward or backward", arrays, originals)
-    for i, (a, b) in enumerate(zip(grads, kept, strict=True)):
-        if not np.array_equal(a, b):
-            raise AssertionError(f"{name}: backward modified grad_outputs[{i}] in place")
 
 
-def _check_unmodified(name: str, what: str, arrays: Sequence[np.ndarray],
-                      originals: Sequence[np.ndarray]) -> None:
-    for i, (a, b) in enumerate(zip(arrays, originals, strict=True)):
-        if not np.array_equal(a, b):
-            raise AssertionError(f"{name}: {what} modified input {i} in place")
+def _copies(arrays: Iterable[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Fresh writable copies, so that a layer writing into what it is handed fails only
+    the rule about writes (``read_only_arrays``), not every check that reuses them."""
+    return tuple(np.array(a) for a in arrays)
 
 
 def check_dtypes(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
@@ -456,7 +475,7 @@ def check_dtypes(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]]
         arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype,
                                seed=check_seed + 1)
         for train in (False, True):
-            outputs, cache = layer.forward(tuple(arrays), train=train)
+            outputs, cache = layer.forward(_copies(arrays), train=train)
             _check_outputs(name, outputs, layer, batch, dtype)
         rng = np.random.default_rng(check_seed + 2)
         grads = tuple(rng.standard_normal(o.shape).astype(dtype) for o in outputs)
@@ -538,7 +557,414 @@ def check_rejects_bad_shapes(layer_class: type[Layer], input_shapes: Sequence[Se
                                      f"did not raise a ShapeError")
 
 
+# -- cache size, state, recomputation, made-up shapes, read-only arrays -----------------
+#: a training cache may hold this many times the bytes of the call's inputs, outputs and
+#: parameters unless the layer's ``cache_allowance`` says why it needs more
+DEFAULT_CACHE_FACTOR = 2.0
+
+
+def cache_entries(cache: Any) -> list[tuple[str, np.ndarray]]:
+    """``(where, array)`` for every array in a cache: inside tuples, lists, dicts and the
+    attributes of plain objects, each path written as code would reach it."""
+    found: list[tuple[str, np.ndarray]] = []
+    stack: list[tuple[str, Any, int]] = [("cache", cache, 0)]
+    seen: set[int] = set()
+    while stack:
+        path, item, depth = stack.pop()
+        if isinstance(item, np.ndarray):
+            found.append((path, item))
+            continue
+        if id(item) in seen or depth > 8 or isinstance(item, (Layer, type)):
+            continue
+        seen.add(id(item))
+        if isinstance(item, (tuple, list)):
+            stack.extend((f"{path}[{i}]", v, depth + 1) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            stack.extend((f"{path}[{k!r}]", v, depth + 1) for k, v in item.items())
+        elif isinstance(getattr(item, "__dict__", None), dict):
+            stack.extend((f"{path}.{k}", v, depth + 1) for k, v in vars(item).items())
+    return sorted(found, key=lambda e: e[0])
+
+
+def distinct_bytes(arrays: Iterable[np.ndarray]) -> int:
+    """Bytes of the memory the arrays look at, each block counted once (views of one
+    buffer, or an array held twice, cost what the largest of them covers)."""
+    blocks: dict[int, int] = {}
+    for array in arrays:
+        root = array
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        blocks[id(root)] = max(blocks.get(id(root), 0), min(array.nbytes, root.nbytes))
+    return sum(blocks.values())
+
+
+def check_cache_size(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                     batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """A training cache holds at most ``DEFAULT_CACHE_FACTOR`` times the bytes of the
+    call's inputs, outputs and parameters, or the factor the layer's ``cache_allowance``
+    declares with a reason; a larger one is reported entry by entry."""
+    name = layer_class.name
+    dtype = config.get("dtype", "float32")
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype,
+                           seed=check_seed + 1)
+    outputs, cache = layer.forward(_copies(arrays), train=True)
+    footprint = distinct_bytes([*arrays, *outputs, *layer.params.values()])
+    allowance = layer.cache_allowance()
+    factor = DEFAULT_CACHE_FACTOR if allowance is None else float(allowance[0])
+    entries = cache_entries(cache)
+    held = distinct_bytes(a for _, a in entries)
+    if held > factor * footprint:
+        largest = sorted(entries, key=lambda e: -e[1].nbytes)[:6]
+        listed = ", ".join(f"{path} {a.shape} {a.nbytes} B" for path, a in largest)
+        why = ("the default bound; if the layer needs more, declare cache_allowance() -> "
+               "(factor, reason)" if allowance is None else f"declared: {allowance[1]}")
+        raise AssertionError(
+            f"{name}: the training cache holds {held} bytes, {held / max(footprint, 1):.1f} "
+            f"times the {footprint} bytes of inputs, outputs and parameters, over the bound "
+            f"of {factor:g} times ({why}); largest entries: {listed}")
+
+
+def layer_state(layer: Layer) -> dict[str, Any]:
+    """A deep copy of everything on the layer: its attributes, and ``params`` by value."""
+    state = copy.deepcopy({k: v for k, v in vars(layer).items() if k != "params"},
+                          {id(layer.params): layer.params,
+                           **{id(v): v for v in layer.params.values()}})
+    state["params"] = {k: np.array(v) for k, v in layer.params.items()}
+    return state
+
+
+def state_changes(before: Any, after: Any, path: str = "layer") -> list[str]:
+    """Where two snapshots of layer state differ (``layer.params['running_mean']``,
+    ``layer._rng``): arrays by value, dtype and shape, containers and objects deeply."""
+    if before is after:
+        return []
+    if isinstance(before, np.ndarray) or isinstance(after, np.ndarray):
+        same = (isinstance(before, np.ndarray) and isinstance(after, np.ndarray)
+                and before.shape == after.shape and before.dtype == after.dtype
+                and np.array_equal(before, after,
+                                   equal_nan=bool(np.issubdtype(before.dtype, np.inexact))))
+        return [] if same else [path]
+    if type(before) is not type(after):
+        return [path]
+    if isinstance(before, np.random.Generator):
+        same = _plain(before.bit_generator.state) == _plain(after.bit_generator.state)
+        return [] if same else [path]
+    if isinstance(before, dict):
+        changes = [f"{path}[{k!r}]" for k in set(before) ^ set(after)]
+        for k in before.keys() & after.keys():
+            changes += state_changes(before[k], after[k], f"{path}[{k!r}]")
+        return changes
+    if isinstance(before, (list, tuple)):
+        if len(before) != len(after):
+            return [path]
+        return [c for i, (a, b) in enumerate(zip(before, after, strict=True))
+                for c in state_changes(a, b, f"{path}[{i}]")]
+    if isinstance(getattr(before, "__dict__", None), dict):
+        return state_changes(vars(before), vars(after), path)
+    try:
+        return [] if bool(before == after) else [path]
+    except Exception:  # (an object whose == is not a truth value)
+        return [path]
+
+
+def _plain(value: Any) -> Any:
+    """A generator state (dicts of ints and arrays) as comparable plain data."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _attribute_path(path: str) -> str:
+    """``layer['_rng']`` (a key of ``layer_state``) as ``layer._rng``."""
+    return re.sub(r"^layer\['([^']*)'\]", r"layer.\1", path)
+
+
+def _declared_generators(layer: Layer) -> list[str]:
+    """The layer's ``random_generators``, checked to be generators."""
+    for attribute in layer.random_generators:
+        if not isinstance(getattr(layer, attribute, None), np.random.Generator):
+            raise AssertionError(f"{layer.name}: random_generators lists {attribute!r}, which "
+                                 f"is not a numpy.random.Generator attribute of the layer")
+    return [f"layer[{a!r}]" for a in layer.random_generators]
+
+
+def check_state_in_params(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                          batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """A training forward changes nothing on the layer but its ``non_trainable`` params
+    and declared ``random_generators``; backward and inference change nothing at all.
+    State elsewhere is lost by save/load and shared by every node using the layer."""
+    name = layer_class.name
+    dtype = config.get("dtype", "float32")
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype,
+                           seed=check_seed + 1)
+    allowed = (*(f"layer['params'][{k!r}]" for k in layer.non_trainable),
+               *_declared_generators(layer))
+
+    def run(what: str, step: Callable[[], Any], allow: Sequence[str]) -> Any:
+        before = layer_state(layer)
+        result = step()
+        changed = [_attribute_path(c) for c in state_changes(before, layer_state(layer))
+                   if not c.startswith(tuple(allow))]
+        if changed:
+            raise AssertionError(
+                f"{name}: {what} changed {', '.join(sorted(changed))} on the layer; state "
+                f"belongs in params listed in non_trainable (saved with the weights, updated "
+                f"by a training forward only), a random generator in random_generators")
+        return result
+
+    run("an inference forward", lambda: layer.forward(_copies(arrays), train=False), ())
+    outputs, cache = run("a training forward",
+                         lambda: layer.forward(_copies(arrays), train=True), allowed)
+    run("backward", lambda: layer.backward(cache, tuple(np.ones_like(o) for o in outputs)), ())
+
+
+def check_recomputable(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
+                       batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """A layer whose training forward changes state (running statistics, a generator)
+    declares ``recomputable = False``; a recomputable one, run again on the same inputs
+    as recomputation does, gives the same outputs and leaves the same state."""
+    name = layer_class.name
+    dtype = config.get("dtype", "float32")
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    if not layer.recomputable:
+        return
+    if layer.random_generators:
+        raise AssertionError(f"{name}: draws from random_generators "
+                             f"{list(layer.random_generators)} yet is recomputable: recomputed "
+                             f"draws differ from the first; set recomputable = False")
+    arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype,
+                           seed=check_seed + 1)
+    before = layer_state(layer)
+    first, _ = layer.forward(_copies(arrays), train=True)
+    changed = [_attribute_path(c) for c in state_changes(before, layer_state(layer))]
+    if changed:
+        raise AssertionError(
+            f"{name}: a training forward changed {', '.join(sorted(changed))}, yet the layer "
+            f"is recomputable: under recomputation that update happens twice; set "
+            f"recomputable = False")
+    again, _ = layer.forward(_copies(arrays), train=True)
+    for k, (a, b) in enumerate(zip(first, again, strict=True)):
+        if not np.array_equal(a, b):
+            raise AssertionError(f"{name}: recomputing the training forward on the same "
+                                 f"inputs gave a different output {k}; a layer whose training "
+                                 f"forward is random sets recomputable = False")
+
+
+def made_up_shapes(input_shapes: Sequence[Sequence[int]]) -> list[list[tuple[int, ...]]]:
+    """Wrong shapes the kit tries on every layer: each input missing its first axis, each
+    with an extra leading axis, and, with several inputs, each later input one longer on
+    its first and on its last axis than the example says."""
+    shapes = [tuple(int(d) for d in s) for s in input_shapes]
+    cases: list[list[tuple[int, ...]]] = []
+
+    def replaced(i: int, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        return [shape if j == i else s for j, s in enumerate(shapes)]
+
+    for i, shape in enumerate(shapes):
+        if shape:
+            cases.append(replaced(i, shape[1:]))
+        cases.append(replaced(i, (2, *shape)))
+        if i > 0 and shape:
+            cases.append(replaced(i, (shape[0] + 1, *shape[1:])))
+            if len(shape) > 1:
+                cases.append(replaced(i, (*shape[:-1], shape[-1] + 1)))
+    return [c for c in cases if c != shapes]
+
+
+def _accepted_shapes_work(layer: Layer, shapes: list[tuple[int, ...]], dtype: str) -> None:
+    """A layer that built for ``shapes`` runs on them and produces what build declared."""
+    name = layer.name
+    try:
+        arrays = type(layer).sample_inputs(np.random.default_rng(5), shapes, 2, dtype)
+        outputs, cache = layer.forward(_copies(arrays), train=True)
+        _check_outputs(name, outputs, layer, 2, dtype)
+        grad_inputs, _ = layer.backward(cache, tuple(np.ones_like(o) for o in outputs))
+    except AssertionError as exc:
+        raise AssertionError(f"build accepted input shapes {shapes}, then: {exc}") from None
+    except Exception as exc:  # (the point: what a layer without shape checks raises)
+        raise AssertionError(f"{name}: build accepted input shapes {shapes}, then the layer "
+                             f"raised {type(exc).__name__}: {exc}; check shapes in build and "
+                             f"raise deltaprop.errors.ShapeError") from None
+    for i, (x, g) in enumerate(zip(arrays, grad_inputs, strict=False)):
+        if g is not None and np.shape(g) != np.shape(x):
+            raise AssertionError(f"{name}: build accepted input shapes {shapes}, then "
+                                 f"backward gave input {i} a delta of shape {np.shape(g)}")
+
+
+def check_made_up_shapes(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
+                         **config: Any) -> None:
+    """On shapes the kit makes up (``made_up_shapes``), ``build`` raises ShapeError, or
+    accepts them and the layer then produces the shapes it declared: never another
+    exception, from build or later."""
+    name = layer_class.name
+    dtype = config.get("dtype", "float32")
+    for shapes in made_up_shapes(input_shapes):
+        layer = construct(layer_class, config)
+        try:
+            declared = call_build(layer, tuple(shapes), np.random.default_rng(0))
+        except ShapeError:
+            continue
+        except Exception as exc:
+            raise AssertionError(f"{name}: build({shapes}) raised {type(exc).__name__}: "
+                                 f"{exc}; raise deltaprop.errors.ShapeError naming the "
+                                 f"shapes") from None
+        layer.input_shapes = tuple(shapes)
+        layer.output_shapes = tuple(tuple(s) for s in declared)
+        _accepted_shapes_work(layer, shapes, dtype)
+
+
+def _read_only(arrays: Iterable[np.ndarray]) -> tuple[np.ndarray, ...]:
+    copies = _copies(arrays)
+    for a in copies:
+        a.flags.writeable = False
+    return copies
+
+
+def _is_write_refused(exc: Exception) -> bool:
+    """numpy's error for a write into a read-only array."""
+    return isinstance(exc, ValueError) and "read-only" in str(exc)
+
+
+def check_read_only_arrays(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]],
+                           *, batch: int = 3, check_seed: int = 0, **config: Any) -> None:
+    """Forward and backward never write into inputs or ``grad_outputs``, whatever the
+    values written: they are handed read-only, so any write raises."""
+    name = layer_class.name
+    dtype = config.get("dtype", "float32")
+    layer = make_layer(layer_class, input_shapes, build_seed=check_seed, **config)
+    arrays = sample_inputs(layer_class, input_shapes, batch=batch, dtype=dtype,
+                           seed=check_seed + 1)
+    stage = "an inference forward"
+    try:
+        layer.forward(_read_only(arrays), train=False)
+        stage = "a training forward"
+        outputs, cache = layer.forward(_read_only(arrays), train=True)
+        stage = "backward"
+        layer.backward(cache, tuple(np.ones_like(o) for o in outputs))
+    except Exception as exc:
+        if not _is_write_refused(exc):
+            raise
+        raise AssertionError(f"{name}: {stage} wrote into a read-only input ({exc}); the "
+                             f"executor hands one array to several readers, so copy "
+                             f"instead") from None
+    outputs, cache = layer.forward(_copies(arrays), train=True)
+    try:
+        layer.backward(cache, _read_only(np.ones_like(o) for o in outputs))
+    except Exception as exc:
+        if not _is_write_refused(exc):
+            raise
+        raise AssertionError(f"{name}: backward wrote into a read-only grad_outputs array "
+                             f"({exc}); compute new arrays instead") from None
+
+
 # -- the whole kit -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One example of one layer, as every check receives it."""
+
+    layer_class: type[Layer]
+    input_shapes: list[tuple[int, ...]]
+    config: dict[str, Any]
+    bad_input_shapes: tuple[Any, ...] = ()
+    check_seed: int = 0
+    rtol: float = 1e-5
+    atol: float = 1e-7
+
+    @property
+    def seeded(self) -> dict[str, Any]:
+        return {"check_seed": self.check_seed, **self.config}
+
+
+class NotApplicable(Exception):
+    """Raised by a check that does not apply to a case; the case reports it skipped."""
+
+
+#: The conformance checks, by name, in the order ``check_conformance`` runs them: each
+#: takes a ``Case`` and raises AssertionError saying what broke. A new check is one
+#: function registered with ``@conformance_check("name")``.
+CHECKS: dict[str, Callable[[Case], Any]] = {}
+
+
+def conformance_check(name: str) -> Callable[[Callable[[Case], Any]], Callable[[Case], Any]]:
+    def register(check: Callable[[Case], Any]) -> Callable[[Case], Any]:
+        CHECKS[name] = check
+        return check
+    return register
+
+
+@conformance_check("gradients")
+def _gradients(case: Case) -> GradientReport:
+    return check_layer(case.layer_class, case.input_shapes, rtol=case.rtol, atol=case.atol,
+                       **case.seeded)
+
+
+#: how many random perturbations of the initial parameters ``gradients_perturbed`` tries
+PERTURBATIONS = 2
+
+
+@conformance_check("gradients_perturbed")
+def _gradients_perturbed(case: Case) -> GradientReport:
+    report = GradientReport()
+    for draw in range(1, PERTURBATIONS + 1):
+        one = check_layer(case.layer_class, case.input_shapes, rtol=case.rtol, atol=case.atol,
+                          perturbation=draw, **case.seeded)
+        report.checked += one.checked
+        report.max_abs_error = max(report.max_abs_error, one.max_abs_error)
+        report.max_rel_error = max(report.max_rel_error, one.max_rel_error)
+    return report
+
+
+conformance_check("config_round_trip")(
+    lambda case: check_config_round_trip(case.layer_class, case.input_shapes, **case.config))
+conformance_check("save_load")(
+    lambda case: check_save_load(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("no_per_call_state")(
+    lambda case: check_no_per_call_state(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("cache_released")(
+    lambda case: check_cache_released(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("cache_size")(
+    lambda case: check_cache_size(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("train_inference")(
+    lambda case: check_train_inference(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("state_in_params")(
+    lambda case: check_state_in_params(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("recomputable")(
+    lambda case: check_recomputable(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("read_only_arrays")(
+    lambda case: check_read_only_arrays(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("dtypes")(
+    lambda case: check_dtypes(case.layer_class, case.input_shapes, **case.seeded))
+conformance_check("rejects_bad_shapes")(
+    lambda case: check_rejects_bad_shapes(case.layer_class, case.input_shapes,
+                                          bad_input_shapes=case.bad_input_shapes,
+                                          **case.config))
+conformance_check("made_up_shapes")(
+    lambda case: check_made_up_shapes(case.layer_class, case.input_shapes, **case.config))
+
+
+@conformance_check("onnx_export")
+def _onnx_export(case: Case) -> float:
+    if not exports(case.layer_class, case.input_shapes, **case.config):
+        raise NotApplicable("no ONNX converter, or onnx/onnxruntime not installed")
+    return check_onnx_export(case.layer_class, case.input_shapes, **case.seeded)
+
+
+class ConformanceFailure(AssertionError):
+    """Every failed check of one case: ``failures`` maps check name -> what broke."""
+
+    def __init__(self, report: ConformanceReport, failures: dict[str, str]) -> None:
+        self.report = report
+        self.failures = failures
+        listed = "; ".join(f"conformance check {check!r} failed: {message}"
+                           for check, message in failures.items())
+        super().__init__(f"layer {report.layer!r} {report.input_shapes} {report.config}: "
+                         f"{len(failures)} check(s) failed: {listed}")
+
+
 def check_conformance(layer_class: type[Layer], input_shapes: Sequence[Sequence[int]], *,
                       checks: Iterable[str] | None = None, skip: Iterable[str] = (),
                       bad_input_shapes: Iterable[Sequence[Sequence[int]]] = (),
@@ -548,55 +974,86 @@ def check_conformance(layer_class: type[Layer], input_shapes: Sequence[Sequence[
     ``input_shapes`` and ``config`` as in an entry of the class's ``examples`` (whose
     optional ``bad_input_shapes`` go to the argument of that name).
 
-    Raises AssertionError naming the failed check and the layer; returns a report of
-    what ran otherwise.
+    Every selected check runs, whatever the others found; raises ``ConformanceFailure``
+    (an AssertionError) naming each failed check and what broke, or returns a report.
     """
     selected = list(CHECKS if checks is None else checks)
     unknown = sorted(set(selected) - set(CHECKS))
     if unknown:
         raise ValueError(f"unknown check(s) {unknown}; choose from {list(CHECKS)}")
-    shapes = [tuple(s) for s in input_shapes]
-    report = ConformanceReport(layer_class.name, shapes, dict(config))
+    case = Case(layer_class, [tuple(s) for s in input_shapes], dict(config),
+                tuple(bad_input_shapes), check_seed, rtol, atol)
+    report = ConformanceReport(layer_class.name, case.input_shapes, dict(config))
     skipped = set(skip)
-    seeded = {"check_seed": check_seed, **config}
-    runners: dict[str, Callable[[], Any]] = {
-        "gradients": lambda: check_layer(layer_class, shapes, rtol=rtol, atol=atol, **seeded),
-        "config_round_trip": lambda: check_config_round_trip(layer_class, shapes, **config),
-        "save_load": lambda: check_save_load(layer_class, shapes, **seeded),
-        "no_per_call_state": lambda: check_no_per_call_state(layer_class, shapes, **seeded),
-        "cache_released": lambda: check_cache_released(layer_class, shapes, **seeded),
-        "train_inference": lambda: check_train_inference(layer_class, shapes, **seeded),
-        "dtypes": lambda: check_dtypes(layer_class, shapes, **seeded),
-        "rejects_bad_shapes": lambda: check_rejects_bad_shapes(
-            layer_class, shapes, bad_input_shapes=bad_input_shapes, **config),
-        # run only when the layer has a converter and onnxruntime is installed
-        "onnx_export": lambda: check_onnx_export(layer_class, shapes, **seeded),
-    }
+    failures: dict[str, str] = {}
     for check in selected:
-        if check in skipped or (check == "onnx_export"
-                                and not exports(layer_class, shapes, **config)):
+        if check in skipped:
             report.outcomes[check] = "skipped"
             continue
         try:
-            result = runners[check]()
+            result = CHECKS[check](case)
+        except NotApplicable:
+            report.outcomes[check] = "skipped"
+            continue
         except AssertionError as exc:
-            raise AssertionError(f"conformance check {check!r} failed for layer "
-                                 f"{layer_class.name!r} {shapes} {config}: {exc}") from None
-        if check == "gradients":
-            report.gradients = result
-        report.outcomes[check] = "ok"
+            failures[check] = " ".join(str(exc).split())
+        except Exception as exc:  # (a third-party layer may raise anything)
+            failures[check] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        else:
+            if check == "gradients":
+                report.gradients = result
+            report.outcomes[check] = "ok"
+            continue
+        report.outcomes[check] = "failed"
+    if failures:
+        raise ConformanceFailure(report, failures)
     return report
 
 
-def layer_cases(layer_classes: Iterable[type[Layer]]) -> list[tuple[type[Layer], dict[str, Any]]]:
-    """``(class, example)`` for every declared example; a class without examples yields
-    ``(class, {})`` so a test can fail it for declaring none."""
-    cases: list[tuple[type[Layer], dict[str, Any]]] = []
+def examples_problem(layer_class: type[Layer], example: Any) -> str | None:
+    """Why ``example`` (an entry of the class's ``examples``, or ``{}`` for a class
+    without usable ones) cannot be checked, in one line; None when it can."""
+    examples = layer_class.examples
+    if not isinstance(examples, (list, tuple)):
+        return (f"`examples` must be a list of {{'config': {{...}}, 'input_shapes': "
+                f"[...]}} dicts, got {type(examples).__name__}")
+    if not examples:
+        return "declares no `examples` (config and input shapes) to check"
+    if not isinstance(example, dict):
+        return f"an entry of `examples` is a {type(example).__name__}, not a dict"
+    shapes = example.get("input_shapes")
+    if not isinstance(shapes, (list, tuple)) or not all(
+            isinstance(s, (list, tuple)) and all(isinstance(d, int) for d in s)
+            for s in shapes):
+        return (f"example {example!r}: 'input_shapes' must be a list of shapes (tuples of "
+                f"ints, batch left out)")
+    if not isinstance(example.get("config", {}), dict):
+        return f"example {example!r}: 'config' must be a dict"
+    return None
+
+
+def layer_cases(layer_classes: Iterable[type[Layer]]) -> list[tuple[type[Layer], Any]]:
+    """``(class, example)`` for every declared example; a class without examples, or
+    whose ``examples`` is not a list, yields ``(class, {})`` so that it fails (see
+    ``examples_problem``)."""
+    cases: list[tuple[type[Layer], Any]] = []
     for cls in layer_classes:
-        if not cls.examples:
+        examples = cls.examples
+        if not isinstance(examples, (list, tuple)) or not examples:
             cases.append((cls, {}))
-        cases.extend((cls, dict(example)) for example in cls.examples)
+        else:
+            cases.extend((cls, example) for example in examples)
     return cases
+
+
+def example_index(layer_class: type[Layer], example: Any) -> int | None:
+    """Where ``example`` sits in the class's ``examples`` (None for the stand-in ``{}``)."""
+    examples = layer_class.examples
+    if not example or not isinstance(examples, (list, tuple)):
+        return None
+    found = [i for i, e in enumerate(examples) if e is example]
+    found = found or [i for i, e in enumerate(examples) if e == example]
+    return found[0] if found else None
 
 
 @dataclass
@@ -606,10 +1063,11 @@ class CaseResult:
     layer: str
     example: int | None  # index in the class's ``examples``; None when it declares none
     ok: bool
-    detail: str = ""  # the failure, naming the check
+    detail: str = ""  # the failures, each naming its check
     checks: int = 0  # how many checks passed
     max_rel_error: float | None = None  # of the float64 gradient check
     seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)  # check name -> what broke
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -617,9 +1075,9 @@ class CaseResult:
 
 def conformance_results(layer_classes: Iterable[type[Layer]], *,
                         progress: bool = False) -> list[CaseResult]:
-    """Every declared example of ``layer_classes`` through ``check_conformance``. A
-    failure, or any exception a layer raises, is recorded rather than raised, so one
-    broken layer does not hide the others (``deltaprop check`` prints these)."""
+    """Every declared example of ``layer_classes`` through ``check_conformance``. Failures,
+    and any exception a layer raises, are recorded rather than raised, so one broken
+    layer does not hide the others (``deltaprop check`` prints these)."""
     import time
 
     from tqdm.auto import tqdm
@@ -627,20 +1085,26 @@ def conformance_results(layer_classes: Iterable[type[Layer]], *,
     cases = layer_cases(layer_classes)
     results = []
     for cls, example in tqdm(cases, disable=not progress, unit="case", leave=False):
-        index = cls.examples.index(example) if example else None
+        index = example_index(cls, example)
         start = time.perf_counter()
-        if not example:
-            results.append(CaseResult(cls.name, None, False, "declares no `examples` "
-                                      "(config and input shapes) to check"))
+        problem = examples_problem(cls, example)
+        if problem is not None:
+            results.append(CaseResult(cls.name, index, False, problem,
+                                      failures={"examples": problem}))
             continue
         try:
             report = check_conformance(cls, example["input_shapes"],
                                        bad_input_shapes=example.get("bad_input_shapes", ()),
                                        **example.get("config", {}))
-        except Exception as exc:  # (a third-party layer may raise anything)
-            detail = str(exc) if isinstance(exc, AssertionError) else (
-                f"{type(exc).__name__}: {exc}")
-            results.append(CaseResult(cls.name, index, False, " ".join(detail.split()),
+        except ConformanceFailure as exc:
+            results.append(CaseResult(cls.name, index, False, str(exc),
+                                      checks=len(exc.report.passed), failures=exc.failures,
+                                      seconds=time.perf_counter() - start))
+            continue
+        except Exception as exc:  # (a config the layer refuses, an unknown option)
+            detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            results.append(CaseResult(cls.name, index, False, detail,
+                                      failures={"example": detail},
                                       seconds=time.perf_counter() - start))
             continue
         gradients = report.gradients

@@ -8,13 +8,12 @@ package's test suite checks every layer its distribution registers in a few line
     def test_layer_conformance(deltaprop_layer_case):
         deltaprop_layer_case.check()
 
-    def test_loss_gradients(deltaprop_loss_case):
-        deltaprop_loss_case.check()
-
 Tests asking for ``deltaprop_layer_case`` are parametrized over every example of every
 layer the installed distribution registers (so a new layer is checked without a new
-test); ``deltaprop_loss_case`` likewise over its losses. The distribution comes from
-the ``deltaprop_distribution`` marker, or the ``deltaprop_distribution`` ini option.
+test); ``deltaprop_loss_case`` likewise over its losses (add such a test only for a
+distribution that registers losses: it fails for one that registers none). The
+distribution comes from the ``deltaprop_distribution`` marker, or the
+``deltaprop_distribution`` ini option.
 A distribution that registers nothing fails loudly instead of passing on no cases.
 Nothing here touches the registry until tests are collected.
 """
@@ -30,6 +29,8 @@ from ..registry import get_registry
 from .kit import (
     check_conformance,
     check_loss,
+    example_index,
+    examples_problem,
     layer_cases,
     layers_of_distribution,
     normalized_name,
@@ -39,10 +40,10 @@ INI_OPTION = "deltaprop_distribution"
 MARKER = "deltaprop_distribution"
 
 
-def _case_id(component_class: Any, example: dict[str, Any]) -> str:
+def _case_id(component_class: Any, example: Any) -> str:
     """``<name>-<index of the example>``, the pytest id of one case."""
-    index = component_class.examples.index(example) if example else "none"
-    return f"{component_class.name}-{index}"
+    index = example_index(component_class, example)
+    return f"{component_class.name}-{'none' if index is None else index}"
 
 
 @dataclass
@@ -50,7 +51,7 @@ class LayerCase:
     """One example of one layer class, ready to run through the conformance kit."""
 
     layer_class: Any
-    example: dict[str, Any] = field(default_factory=dict)
+    example: Any = field(default_factory=dict)
     distribution: str = ""
 
     @property
@@ -60,9 +61,9 @@ class LayerCase:
     def check(self, **options: Any) -> Any:
         """Run every conformance check (``options`` go to ``check_conformance``, e.g.
         ``skip=["dtypes"]``) and return its report."""
-        if not self.example:
-            pytest.fail(f"layer {self.layer_class.name!r} of {self.distribution} declares no "
-                        f"`examples` (config and input shapes) for the conformance kit")
+        problem = examples_problem(self.layer_class, self.example)
+        if problem is not None:
+            pytest.fail(f"layer {self.layer_class.name!r} of {self.distribution}: {problem}")
         return check_conformance(
             self.layer_class, self.example["input_shapes"],
             bad_input_shapes=self.example.get("bad_input_shapes", ()),

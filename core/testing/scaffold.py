@@ -135,7 +135,7 @@ parameters; only needed for parameters or a change of shape), ``forward`` (outpu
 and what backward needs) and ``backward`` (deltas of the inputs and gradients of the
 parameters). It keeps nothing per call on itself. Everything else is optional (``rng``
 in build, ``needs_grad`` in backward, fusion, working in place, carried state...):
-see the docstrings of ``deltaprop.Layer``.
+see the docstrings of ``deltaprop.Layer`` and deltaprop's docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -155,9 +155,10 @@ class $class_name(Layer):
     """Multiply each feature by its own learned factor ``s`` (shape (features,))."""
 
     name = "$layer"
-    #: cases for the conformance kit: config and input shapes (batch left out)
+    #: cases for the conformance kit: config and input shapes (batch left out); one with
+    #: random initial values, since ones or zeros can hide a wrong gradient
     examples = [{"config": {}, "input_shapes": [(4,)]},
-                {"config": {"initializer": "zeros"}, "input_shapes": [(2, 3)]}]
+                {"config": {"initializer": "glorot_uniform"}, "input_shapes": [(2, 3)]}]
     #: shapes build must refuse (beyond a wrong number of inputs)
     bad_input_shapes = [[()]]
 
@@ -166,15 +167,13 @@ class $class_name(Layer):
         super().__init__(dtype=dtype, label=label)
         self.initializer = initializer
 
-    def build(self, input_shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape, ...]:
         self.expect_inputs(input_shapes)
         (shape,) = input_shapes
         if len(shape) < 1:
             raise ShapeError(f"$layer needs inputs with a feature axis, got shape {shape}")
-        # rng None: "ones" and "zeros" draw nothing. For a random initializer, add
-        # ``rng=None`` to build's signature and pass it on: deltaprop then hands build
-        # the network's seeded generator.
-        self.add_param("s", (shape[-1],), self.initializer, None)
+        # rng is the network's seeded generator: random initial values follow its seed
+        self.add_param("s", (shape[-1],), self.initializer, rng)
         return (tuple(shape),)
 
     def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
@@ -200,8 +199,9 @@ def deltaprop_register_layers() -> list[type[Layer]]:
 
 TEMPLATES["tests/test_conformance.py"] = '''\
 """Every layer this distribution registers passes deltaprop's conformance kit: float64
-gradients, config and save/load round trips, no per-call state, caches released,
-train vs inference, float32 and float64, and clear shape errors. The layers come from
+gradients (at the initial and at perturbed parameters), config and save/load round
+trips, no per-call state, caches released and in proportion, state kept in params, no
+writes into inputs, float32 and float64, and clear shape errors. The layers come from
 the registry (pyproject: deltaprop_distribution), so a new layer needs no new test."""
 
 import numpy as np

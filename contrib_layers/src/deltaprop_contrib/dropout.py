@@ -28,6 +28,7 @@ class Dropout(Layer):
 
     name = "dropout"
     recomputable = False  # a training forward draws a fresh mask from the generator
+    random_generators = ("_rng",)
     examples = [{"config": {"rate": 0.5, "seed": 1}, "input_shapes": [(6,)]},
                 {"config": {"rate": 0.2, "seed": 2}, "input_shapes": [(3, 4)]},
                 {"config": {"rate": 0.0}, "input_shapes": [(3,)]}]
