@@ -22,7 +22,7 @@ from .io.data import describe, load_data
 from .io.model import load, save
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
 from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
-from .storage.npz import atomic_write
+from .storage.files import atomic_write, write_target
 from .testing.kit import conformance_results, layers_of_distribution
 from .testing.scaffold import create_plugin
 from .training.checkpoint import TrainingInterrupted, checkpoint_path
@@ -81,6 +81,10 @@ def check_writable(path: str | None, option: str) -> None:
         raise ConfigError(f"{option} {path!r} is a folder, not a file")
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"{option} {path!r}: folder {folder!r} is not writable")
+    try:
+        write_target(path)  # a device node or a link to one is refused, not replaced
+    except DeltapropError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

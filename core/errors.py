@@ -59,3 +59,8 @@ def add_context(exc: BaseException, context: str) -> None:
         exc.add_note(context)
     else:  # Python 3.10 prints no notes, but keeps them for whoever reads the error
         exc.__notes__ = [*getattr(exc, "__notes__", ()), context]  # type: ignore[attr-defined]
+
+
+class FileError(DeltapropError, OSError):
+    """A file deltaprop was asked to read or write that it refuses or cannot use: not a
+    regular file, larger than the read limit, a write that failed (the old file stays)."""

@@ -55,6 +55,7 @@ def _load(path: str | os.PathLike[str]) -> Network:
             raise ModelFileError(f"{where}: metadata lacks a spec or a parameter list")
         _check_layers_installed(where, spec, meta.get("providers"), get_registry())
         members = [PARAM_PREFIX + k for k in keys]
+        reader.reserve(members)
         with parameter_budget(reader.param_bytes(members) + 4096, where):
             try:
                 net = load_spec(spec)
