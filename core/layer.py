@@ -232,6 +232,18 @@ class Layer(Configurable):
         final_state)``. No gradient flows into ``state``."""
         raise NotImplementedError(f"layer {self.name!r} carries no state")
 
+    # -- random draws in training (dropout masks) --------------------------------------
+    def generator_state(self) -> dict[str, Any] | None:
+        """The state of the random generator the layer draws from in training, as a
+        JSON-able dict (numpy's ``bit_generator.state``), or None (the default) for a
+        layer that draws nothing. Checkpoints save it so a seeded run resumes bit for bit."""
+        return None
+
+    def set_generator_state(self, state: dict[str, Any]) -> None:
+        """Put back a state ``generator_state`` returned; raise ValueError or TypeError
+        for one that does not fit."""
+        raise NotImplementedError(f"layer {self.name!r} keeps no random generator")
+
     # -- for the conformance kit -----------------------------------------------------
     @classmethod
     def sample_inputs(cls, rng: np.random.Generator, input_shapes: Sequence[Shape],

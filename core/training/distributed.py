@@ -390,6 +390,13 @@ class RootOnlyWriter:
     def last_good(self) -> str:
         return self.inner.last_good()
 
+    def acquire(self) -> None:
+        if self.distributed.is_root:  # the writer holds the lock for the whole job
+            self.inner.acquire()
+
+    def release(self) -> None:
+        self.inner.release()
+
     def resume(self, *args: Any, **kwargs: Any) -> Any:
         position = self.inner.resume(*args, **kwargs)
         self.distributed.agree(

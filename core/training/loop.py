@@ -183,14 +183,19 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
         saver = Checkpointer(checkpoint, graph, opt, identity, every=checkpoint_every)
         if mpi is not None:
             saver = mpi.root_only(saver)
-        restored = saver.resume(rng, n, steps_per_epoch) if resume else None
-        if restored is not None:
-            pos = restored
-            history.loss = list(pos.history.get("loss", []))
-            history.val_loss = list(pos.history.get("val_loss", []))
-            history.val_accuracy = list(pos.history.get("val_accuracy", []))
-        else:
-            saver.save(pos, rng)  # a last good state exists from the start
+        saver.acquire()  # the directory's lock, held until fit returns
+        try:
+            restored = saver.resume(rng, n, steps_per_epoch, epochs) if resume else None
+            if restored is not None:
+                pos = restored
+                history.loss = list(pos.history.get("loss", []))
+                history.val_loss = list(pos.history.get("val_loss", []))
+                history.val_accuracy = list(pos.history.get("val_accuracy", []))
+            else:
+                saver.save(pos, rng)  # a last good state exists from the start
+        except BaseException:
+            saver.release()
+            raise
     done = min(pos.epoch * steps_per_epoch + pos.batch, epochs * steps_per_epoch)
     bar = (ProgressBar(epochs, steps_per_epoch, done=done) if show_progress(progress)
            else None)
@@ -257,6 +262,8 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
         reducer.stop = None
         if bar is not None:
             bar.close()
+        if saver is not None:
+            saver.release()
     history.seconds = time.perf_counter() - start
     return history
 
