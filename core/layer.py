@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .config import Configurable, check_dtype
+from .config import Configurable, check_dtype, config_problem
 from .errors import ConfigError, DeltapropError, ModelFileError, ShapeError, add_context
 from .tensor import Node, Shape, Tensor, build_rng, format_shapes, symbolic_inputs
 
@@ -272,6 +272,9 @@ class Layer(Configurable):
                 raise
             self.input_shapes = shapes
             self.output_shapes = tuple(tuple(int(d) for d in s) for s in output_shapes)
+            problem = config_problem(self)  # before training, not when the model is saved
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
         elif shapes != self.input_shapes:
             raise ShapeError(f"{where}: this layer is shared and was built for input shapes "
                              f"{format_shapes(self.input_shapes)}, got {format_shapes(shapes)}")

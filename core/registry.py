@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pluggy
 
 from . import hookspecs
@@ -77,6 +78,8 @@ class PluginRecord:
     load_seconds: float = 0.0
     #: what the plugin printed on standard output while loading (kept off stdout)
     printed: str = ""
+    #: whether it changed numpy's error handling while loading (put back)
+    changed_errstate: bool = False
 
     @property
     def provider(self) -> Provider:
@@ -114,13 +117,19 @@ def _contained(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def _captured_stdout(record: PluginRecord) -> Iterator[None]:
     """Keep a plugin's prints out of standard output (``deltaprop layers --json`` must
-    stay JSON); what it printed is kept on its record and reported in one warning."""
+    stay JSON); what it printed is kept on its record and reported in one warning. A
+    plugin that changes numpy's process-wide error handling (``np.seterr(all="raise")``)
+    has it put back, and is reported too: it would turn every overflow into a crash."""
     buffer = io.StringIO()
+    errstate = np.geterr()
     try:
         with contextlib.redirect_stdout(buffer):
             yield
     finally:
         record.printed += buffer.getvalue()
+        if np.geterr() != errstate:
+            np.seterr(**errstate)
+            record.changed_errstate = True
 
 
 def _env_list(name: str) -> set[str]:
@@ -207,6 +216,10 @@ class Registry:
         self._report_output(record)
 
     def _report_output(self, record: PluginRecord) -> None:
+        if record.changed_errstate:
+            warnings.warn(f"plugin {record.name!r} from {record.distribution} changed numpy's "
+                          f"error handling (np.seterr) while loading; it was put back",
+                          RuntimeWarning, stacklevel=3)
         if record.printed:
             first = record.printed.strip().splitlines()[0][:80] if record.printed.strip() else ""
             warnings.warn(f"plugin {record.name!r} from {record.distribution} printed "
@@ -297,10 +310,10 @@ class Registry:
     def _lookup(self, kind: str, name: str) -> tuple[Any, Provider]:
         self._ensure()
         entries = self._entries[kind]
-        if name in entries:
-            return entries[name]
         if not isinstance(name, str):
             raise RegistryError(f"{kind} name must be a string, got {name!r}")
+        if name in entries:
+            return entries[name]
         close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
         message = f"unknown {kind} {name!r}"
         message += f"; did you mean {', '.join(map(repr, close))}?" if close else "."

@@ -159,3 +159,32 @@ def test_an_npz_claiming_more_than_the_budget_is_refused_before_inflating(
     monkeypatch.setenv("DELTAPROP_MAX_READ_BYTES", "64M")  # the user raises the budget
     from deltaprop.io.data import load_data
     assert load_data(bomb).x_train.shape == (1 << 16, 64)
+
+
+# -- item 14: an empty test set, a name too long to load back ------------------------------
+def test_an_empty_test_set_reports_no_figures_and_writes_valid_json(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 64)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=rng.integers(0, 10, 30),
+             x_test=x[:0], y_test=np.zeros(0, dtype=np.int64))
+    metrics = tmp_path / "m.json"
+    assert main(["train", "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--no-progress",
+                 "--metrics-json", str(metrics)]) == 0
+    out = capsys.readouterr().out
+    assert "test loss: 0.0000" not in out and "test set is empty" in out
+    import json
+    report = json.loads(metrics.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert report["test_loss"] is None
+
+
+def test_a_model_whose_metadata_could_not_be_read_back_is_not_written(tmp_path, monkeypatch):
+    import deltaprop
+    import deltaprop.storage.npz as npz
+    net = deltaprop.Sequential([deltaprop.create("dense", units=2)], 3, seed=0)
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(npz, "MAX_META_BYTES", 4096)
+    net.name = "n" * 5000
+    with pytest.raises(deltaprop.errors.ModelFileError, match="more than the 4096"):
+        deltaprop.save(net, target)
+    assert target.read_bytes() == b"old"

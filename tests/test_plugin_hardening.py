@@ -153,3 +153,12 @@ def test_scaffold_cli_refuses_numpy(tmp_path, capsys):
     assert main(["plugin", "new", "numpy", "--dir", str(tmp_path / "x")]) == 2
     assert "shadows" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_plugin_changing_numpy_error_handling_is_put_back(tmp_path):
+    fake_distribution(tmp_path, "strict-numpy", "import numpy\nnumpy.seterr(all='raise')\n")
+    spec = Path(__file__).with_name("bad_inputs") / "good" / "mlp.toml"
+    done = run(tmp_path, "train", str(spec), "--epochs", "1", "--no-progress", "--lr", "1e30")
+    assert "strict_numpy" in done.stderr and "np.seterr" in done.stderr
+    assert "FloatingPointError" not in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode in (0, 2) and len(done.stderr.strip().splitlines()) <= 2

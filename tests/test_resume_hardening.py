@@ -175,3 +175,38 @@ def test_the_cli_names_the_epochs_and_the_lock(tmp_path, capsys):
     assert len(err) == 1 and "more than the 1 epoch" in err[0], err
     # the lock was released by the refused run: a third one works
     assert main([*common, "--epochs", "3", "--resume"]) == 0
+
+
+# -- item 8: a config that cannot be written back fails when the network is built --------
+class Renamed(deltaprop.Layer):
+    name = "renamed_config"
+
+    def __init__(self, *, factor: float = 2.0, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        self.scale = factor  # stored under another name: get_config cannot read `factor`
+
+    def forward(self, inputs, *, train):
+        return (inputs[0] * self.scale,), None
+
+    def backward(self, cache, grad_outputs):
+        return (grad_outputs[0] * self.scale,), {}
+
+
+class SetConfig(Renamed):
+    name = "set_config"
+
+    def __init__(self, *, factor: object = frozenset({1, 2}), dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        self.factor = factor
+        self.scale = 1.0
+
+
+@pytest.mark.parametrize("cls, words", [(Renamed, "not stored under the attribute 'factor'"),
+                                        (SetConfig, "frozenset")])
+def test_a_config_that_cannot_be_saved_fails_at_build_naming_node_and_key(cls, words):
+    x = deltaprop.Input((3,), name="x")
+    with pytest.raises(deltaprop.errors.ConfigError,
+                       match=f"node 'scaler' \\({cls.name}\\): config key 'factor'.*{words}"):
+        cls()(x, name="scaler")

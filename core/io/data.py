@@ -52,6 +52,8 @@ class Dataset:
 
     @property
     def n_classes(self) -> int:
+        if self.y_train.ndim == 2:  # one-hot rows: one column per class
+            return int(self.y_train.shape[1])
         return int(max(self.y_train.max(initial=0), self.y_test.max(initial=0))) + 1
 
     def reshaped(self, shape: tuple[int, ...]) -> Dataset:
@@ -150,6 +152,10 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     floating = y.ndim == 1 and np.issubdtype(y.dtype, np.floating)
     if floating and (not np.all(np.isfinite(y)) or not np.all(y == np.round(y))):
         raise DataError(f"data {name!r}: labels must be whole numbers")
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
+        raise DataError(f"data {name!r}: labels hold NaN or infinite values")
+    if y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"data {name!r}: label {int(y.max())} is too large for a class index")
     if y.ndim == 1:
         if y.size and y.min() < 0:
             raise DataError(f"data {name!r}: label {int(y.min())} is negative")

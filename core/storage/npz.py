@@ -28,6 +28,10 @@ def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
               arrays: dict[str, np.ndarray]) -> None:
     """An uncompressed npz of ``arrays`` plus ``meta`` as JSON bytes, written atomically."""
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    if blob.size > MAX_META_BYTES:  # a reader would refuse it: do not write it
+        raise ModelFileError(f"cannot write {str(path)!r}: its metadata (spec and names) "
+                             f"takes {blob.size} bytes, more than the {MAX_META_BYTES} a "
+                             f"model file may hold (a huge network name or config value?)")
     try:
         with atomic_write(path) as handle:
             np.savez(handle, **{META: blob}, **arrays)  # type: ignore[arg-type]

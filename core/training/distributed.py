@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import pickle
 import secrets
@@ -39,7 +40,22 @@ from .checkpoint import Checkpointer, TrainingInterrupted
 from .step import Reducer
 
 #: seconds a collective may wait for the other ranks before giving up
-DEFAULT_TIMEOUT = float(os.environ.get("DELTAPROP_MPI_TIMEOUT", "300"))
+TIMEOUT_ENV = "DELTAPROP_MPI_TIMEOUT"
+DEFAULT_TIMEOUT = 300.0
+
+
+def default_timeout() -> float:
+    """``DELTAPROP_MPI_TIMEOUT`` (seconds), read when a job starts, else 300."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise DataError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
 
 
 class DistributedError(TrainingError):
@@ -84,8 +100,8 @@ class Distributed:
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-        if not self.timeout > 0:
+        self.timeout = default_timeout() if timeout is None else float(timeout)
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise DataError(f"MPI timeout must be positive seconds, got {timeout!r}")
         self.stats = {"allreduce_calls": 0, "allreduce_seconds": 0.0, "allreduce_bytes": 0,
                       "broadcast_calls": 0, "compute_seconds": 0.0}

@@ -153,6 +153,8 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
     """Train with mini-batches; see ``deltaprop.Network.fit``."""
     epochs = _count(epochs, "epochs", 0)
     batch_size = _count(batch_size, "batch_size", 1)
+    if seed is not None:
+        seed = _count(seed, "seed", 0)
     if resume and checkpoint is None:
         raise TrainingError("resume needs a checkpoint directory")
     losses = OutputLosses(graph, loss, loss_weights)
