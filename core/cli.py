@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DeltapropError
+from .errors import ConfigError, DeltapropError, blamed_on
 from .execution.allocator import retain_freed_memory
 from .io.data import describe, load_data
 from .io.model import load, save
@@ -435,6 +435,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("deltaprop: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a plugin layer's own error: one line naming it
+        culprit = blamed_on(exc)
+        if culprit is None or args.debug:
+            raise
+        message = " ".join(str(exc).split()) or "(no message)"
+        print(f"deltaprop: error: {message} ({type(exc).__name__} in {culprit}; "
+              f"--debug shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

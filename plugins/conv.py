@@ -149,7 +149,30 @@ def make_geometry(owner: str, shape: Shape, F: int, kernel: tuple[int, ...],
         raise ShapeError(f"{owner}: kernel {kernel} (extent {(KH, KW)} with dilation "
                          f"{dilation}) is larger than the padded input {(geo.Hp, geo.Wp)} "
                          f"(input (C, H, W) = {(C, H, W)}, padding {padding!r})")
+    _check_memory(owner, geo, padding, dilation)
     return geo
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound to compare with
+        return None
+
+
+def _check_memory(owner: str, geo: Geometry, padding: Any, dilation: tuple[int, ...]) -> None:
+    """Refuse, when the network is built, a geometry whose padded input and output for a
+    single sample (float32, the least) exceed this machine's memory: a padding or
+    dilation of 100000 would otherwise fail with a MemoryError at the first forward."""
+    elements = geo.C * geo.Hp * geo.Wp + geo.F * geo.Ho * geo.Wo
+    needed = 4 * elements
+    available = _physical_memory()
+    if available is not None and needed > available:
+        raise ShapeError(f"{owner}: one sample would need at least {needed / 2**30:.1f} GiB "
+                         f"(padded input {(geo.C, geo.Hp, geo.Wp)} and output "
+                         f"{(geo.F, geo.Ho, geo.Wo)} in float32), more than this machine's "
+                         f"{available / 2**30:.1f} GiB of memory; check padding {padding!r} "
+                         f"and dilation {dilation}")
 
 
 # --------------------------------------------------------------------------------------
