@@ -172,7 +172,8 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
     reducer: Reducer = Reducer()
     if mpi is not None:
         batch_size, seed, progress = mpi.prepare(graph, opt, batch_size=batch_size,
-                                                 seed=seed, progress=progress, n_samples=n)
+                                                 seed=seed, progress=progress, n_samples=n,
+                                                 data_digest=data_digest(xs, ys))
         reducer = mpi.reducer()
     rng = np.random.default_rng(seed)
     history = History()
@@ -242,7 +243,7 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
                     if saver is not None:
                         if b + 1 < steps_per_epoch:
                             saver.after_batch(pos, rng)
-                        if stop:
+                        if reducer.stopping():  # what every process agreed on
                             raise saver.interrupted(stop, pos, rng)
                 history.loss.append(pos.epoch_loss / n)
                 metrics = {"loss": history.loss[-1]}
@@ -258,7 +259,7 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
                     saver.save(pos, rng)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, history)
-                if stop and saver is not None:
+                if saver is not None and reducer.agree_to_stop():
                     raise saver.interrupted(stop, pos, rng)
     finally:
         reducer.stop = None
