@@ -432,6 +432,20 @@ def _kernel_spectrum(W: np.ndarray, geo: Geometry, size: tuple[int, int]) -> np.
     return _rfft(k, size)
 
 
+def padding_only_taps(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel rows and columns that only ever meet padding (their exact weight
+    gradient is 0): tap ``i`` reads padded rows ``o * sh + i * dh`` for the ``Ho``
+    outputs ``o``, and meets data only if one of them lies in ``[pt, pt + H)``."""
+
+    def dead(taps: int, stride: int, dilation: int, outputs: int, before: int, size: int
+             ) -> np.ndarray:
+        reads = np.arange(outputs)[None, :] * stride + np.arange(taps)[:, None] * dilation
+        return ~((reads >= before) & (reads < before + size)).any(axis=1)
+
+    return (dead(geo.kh, geo.sh, geo.dh, geo.Ho, geo.pt, geo.H),
+            dead(geo.kw, geo.sw, geo.dw, geo.Wo, geo.pl, geo.W))
+
+
 def fft_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geometry,
                 keep: bool) -> tuple[np.ndarray, Any]:
     n = x.shape[0]
@@ -465,6 +479,9 @@ def fft_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bia
     dW_full = _irfft(np.conj(G.transpose(0, 2, 1)) @ X, size, geo.KH)  # (KH, L2, F, C)
     dW = dW_full[::geo.dh, :geo.KW:geo.dw].transpose(2, 3, 0, 1)
     dW = np.ascontiguousarray(dW, dtype=g.dtype)
+    dead_rows, dead_cols = padding_only_taps(geo)
+    dW[:, :, dead_rows] = 0  # exactly, as the direct path: the transforms leave rounding
+    dW[:, :, :, dead_cols] = 0  # noise there, which Adam would turn into steps of ~lr/3
     dx = None
     if need_x:
         full = _irfft(G @ Wf.transpose(0, 2, 1), size, geo.H, geo.pt)  # (H, L2, N, C)
