@@ -12,7 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -318,8 +318,15 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
                      for row in cells)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"deltaprop: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deltaprop", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="deltaprop", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.set_defaults(func=None)

@@ -337,13 +337,13 @@ class Registry:
         self._ensure()
         return list(self._plugins)
 
-    def create(self, name: str, **config: Any) -> Layer:
+    def create(self, name: str, /, **config: Any) -> Layer:
         return construct(self.get("layer", name), config)
 
-    def create_loss(self, name: str, **config: Any) -> Loss:
+    def create_loss(self, name: str, /, **config: Any) -> Loss:
         return construct(self.get("loss", name), config)
 
-    def create_optimizer(self, name: str, **config: Any) -> Optimizer:
+    def create_optimizer(self, name: str, /, **config: Any) -> Optimizer:
         return construct(self.get("optimizer", name), config)
 
 
@@ -482,16 +482,16 @@ def reset_registry(registry: Registry | None = None) -> Registry:
     return _default
 
 
-def create(name: str, **config: Any) -> Layer:
+def create(name: str, /, **config: Any) -> Layer:
     """Make a layer by registry name: ``create("dense", units=10)``."""
     return get_registry().create(name, **config)
 
 
-def create_loss(name: str, **config: Any) -> Loss:
+def create_loss(name: str, /, **config: Any) -> Loss:
     return get_registry().create_loss(name, **config)
 
 
-def create_optimizer(name: str, **config: Any) -> Optimizer:
+def create_optimizer(name: str, /, **config: Any) -> Optimizer:
     return get_registry().create_optimizer(name, **config)
 
 
