@@ -3,6 +3,7 @@ that names the thing at fault, so the CLI can print one line and exit."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 
@@ -72,10 +73,8 @@ _BLAME = "_deltaprop_blame"
 def blame(exc: BaseException, culprit: str) -> None:
     """Record on ``exc`` (kept as it is: class, object, traceback) which layer and plugin
     raised it, for the command line's one-line message."""
-    try:
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes
         setattr(exc, _BLAME, culprit)
-    except AttributeError:  # an exception type that takes no attributes
-        pass
 
 
 def blamed_on(exc: BaseException) -> str | None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import io
 import importlib.metadata as metadata
+import io
 import os
 import re
 import sys

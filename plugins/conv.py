@@ -440,7 +440,8 @@ def padding_only_taps(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
     def dead(taps: int, stride: int, dilation: int, outputs: int, before: int, size: int
              ) -> np.ndarray:
         reads = np.arange(outputs)[None, :] * stride + np.arange(taps)[:, None] * dilation
-        return ~((reads >= before) & (reads < before + size)).any(axis=1)
+        inside = (reads >= before) & (reads < before + size)
+        return np.logical_not(np.any(inside, axis=1))
 
     return (dead(geo.kh, geo.sh, geo.dh, geo.Ho, geo.pt, geo.H),
             dead(geo.kw, geo.sw, geo.dw, geo.Wo, geo.pl, geo.W))

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_distributed import MPIEXEC, PROBLEM, needs_mpi
 
 from deltaprop.storage.npz import NpzReader
-from test_distributed import MPIEXEC, PROBLEM, needs_mpi
 
 SIGNAL_WORKER = PROBLEM + '''
 import os, signal, sys

@@ -21,7 +21,7 @@ GOOD_SPEC = Path(__file__).with_name("bad_inputs") / "good" / "mlp.toml"
 
 
 def one_line_error(capsys, rc: int) -> str:
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert rc != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deltaprop: error: "), err
@@ -130,7 +130,7 @@ def test_a_file_past_the_read_limit_is_refused_naming_it(tmp_path, monkeypatch):
     big = tmp_path / "big.toml"
     big.write_bytes(b"#" * 2048)
     monkeypatch.setenv("DELTAPROP_MAX_READ_BYTES", "1K")
-    with pytest.raises(FileError, match="big.toml.*read limit of 1024"):
+    with pytest.raises(FileError, match=r"big\.toml.*read limit of 1024"):
         read_bytes(big, "spec file")
     monkeypatch.setenv("DELTAPROP_MAX_READ_BYTES", "abc")
     with pytest.raises(FileError, match="DELTAPROP_MAX_READ_BYTES='abc'"):

@@ -28,8 +28,8 @@ import numpy as np
 from ..errors import DeltapropError, FileError, ModelFileError, TrainingError
 from ..graph.graph import Graph
 from ..optimizer import Optimizer
-from ..storage.model_format import PARAM_PREFIX, model_arrays, model_meta
 from ..storage.lock import PidLock
+from ..storage.model_format import PARAM_PREFIX, model_arrays, model_meta
 from ..storage.npz import NpzReader, guarded, write_npz
 from .losses import OutputLosses
 
