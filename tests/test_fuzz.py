@@ -135,9 +135,11 @@ def mutated_specs(draw: st.DrawFn) -> dict:
     spec = json.loads(json.dumps(GOOD_SPEC))
     for _ in range(draw(st.integers(1, 3))):
         holder = draw(st.sampled_from(["top", "node", "train", "inputs"]))
-        target = (spec if holder == "top" else spec["train"] if holder == "train"
-                  else spec["inputs"] if holder == "inputs"
-                  else spec["nodes"][draw(st.integers(0, len(spec["nodes"]) - 1))])
+        nodes = spec.get("nodes")
+        if holder == "node" and isinstance(nodes, list) and nodes:
+            target = nodes[draw(st.integers(0, len(nodes) - 1))]
+        else:
+            target = spec.get(holder, spec) if holder in ("train", "inputs") else spec
         if not isinstance(target, dict):
             continue
         key = draw(keys)
@@ -326,15 +328,15 @@ def command_lines(draw: st.DrawFn) -> list[str]:
 def test_fuzz_command_lines(workspace, argv):
     if argv[0] == "train" and "--no-progress" not in argv:
         argv.append("--no-progress")
-    for scratch in ("ckpt", "acme-x", "numpy"):
-        target = workspace / scratch
-        if target.exists():
+    for target in workspace.iterdir():  # folders an earlier example wrote
+        if target.is_dir():
             for path in sorted(target.rglob("*"), reverse=True):
                 path.unlink() if path.is_file() or path.is_symlink() else path.rmdir()
             target.rmdir()
     named = tuple(argv[i + 1] for i, a in enumerate(argv[:-1])
                   if a in ("--out", "--metrics-json", "--plot"))
-    scaffolded = ("acme-x", "ckpt") if argv[:2] == ["plugin", "new"] else ()
+    # `plugin new NAME [--dir DIR]` writes the folder it names
+    scaffolded = tuple(argv[2:]) if argv[:2] == ["plugin", "new"] else ()
     run_cli("cli", workspace, argv, outputs=named + scaffolded + OUTPUTS)
 
 
