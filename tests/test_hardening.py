@@ -188,3 +188,24 @@ def test_a_model_whose_metadata_could_not_be_read_back_is_not_written(tmp_path, 
     with pytest.raises(deltaprop.errors.ModelFileError, match="more than the 4096"):
         deltaprop.save(net, target)
     assert target.read_bytes() == b"old"
+
+
+# -- item 15: "File too large" names the file ------------------------------------------------
+def test_a_write_past_the_file_size_limit_names_the_file(tmp_path):
+    import resource
+    import signal
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    target = tmp_path / "model.npz"
+    target.write_bytes(b"old")
+    done = subprocess.run([sys.executable, "-m", "deltaprop", *train_args(
+        tmp_path, "--out", str(target))], capture_output=True, text=True, timeout=120,
+        preexec_fn=small_files)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(target) in lines[0] and "File too large" in lines[0]
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
