@@ -65,7 +65,7 @@ def test_a_float32_fft_cnn_trains_with_adam_like_pytorch():
                                                  torch.from_numpy(y))
         loss.backward()
         t_opt.step()
-        worst = max(worst, abs(float(ours) - float(loss)))
+        worst = max(worst, abs(float(ours) - loss.item()))
     assert worst < 1e-4, f"loss differs from PyTorch by {worst:.3g}"
     W_ours, W_torch = net.params["conv/W"], t_conv.weight.detach().numpy()
     np.testing.assert_allclose(W_ours, W_torch, atol=1e-4)
