@@ -210,3 +210,13 @@ def test_a_config_that_cannot_be_saved_fails_at_build_naming_node_and_key(cls, w
     with pytest.raises(deltaprop.errors.ConfigError,
                        match=f"node 'scaler' \\({cls.name}\\): config key 'factor'.*{words}"):
         cls()(x, name="scaler")
+
+
+def test_a_shuffling_generator_state_out_of_range_is_refused(tmp_path):
+    net, x, y = problem()
+    fit(net, x, y, tmp_path, 1)
+    rewrite(checkpoint_path(tmp_path), lambda meta, arrays: meta["checkpoint"]["rng"].update(
+        state={"state": 2 ** 300, "inc": -1}))
+    net, x, y = problem()
+    with pytest.raises(CheckpointError, match="bad generator state"):
+        fit(net, x, y, tmp_path, 2, resume=True)
