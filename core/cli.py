@@ -12,18 +12,18 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import ConfigError, DeltapropError
+from .errors import ConfigError, DeltapropError, blamed_on
 from .execution.allocator import retain_freed_memory
 from .export import DEFAULT_OPSET, export_onnx
 from .io.data import describe, load_data
 from .io.model import load, save
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
 from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
-from .storage.npz import atomic_write
+from .storage.files import atomic_write, write_target
 from .testing.kit import conformance_results, layers_of_distribution
 from .testing.scaffold import create_plugin
 from .training.checkpoint import TrainingInterrupted, checkpoint_path
@@ -65,9 +65,37 @@ def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     return create_optimizer(train.get("optimizer", "adam"), **settings)
 
 
-def _positive(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"[train] {what} must be a positive integer, got {value!r}")
+def _setting(option: Any, flag: str, train: dict[str, Any], key: str, default: int,
+             low: int = 1) -> int:
+    """An integer setting from its command-line option, else the spec's [train] table,
+    else ``default``; a bad value is blamed on where it came from."""
+    value, source = ((option, flag) if option is not None else
+                     (train[key], f"[train] {key}") if key in train else (default, key))
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "positive" if low > 0 else "non-negative"
+        raise ConfigError(f"{source} must be a {kind} integer, got {value!r}")
+    return value
+
+
+def check_class_count(data: Any) -> None:
+    """The default network has one output per class: a label that is not a class index
+    (1e9) would allocate gigabytes; name it instead."""
+    for split in ("train", "test"):
+        y = getattr(data, f"y_{split}")
+        if y.ndim == 1 and y.size and int(y.max()) >= max(1024, len(data.x_train)):
+            raise ConfigError(f"data {data.name!r}: label {int(y.max())} in y_{split} would "
+                              f"make the default network {int(y.max()) + 1} classes wide; "
+                              f"labels are class indices 0..C-1 (give a spec for more classes)")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: the metrics file stays valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
     return value
 
 
@@ -82,6 +110,10 @@ def check_writable(path: str | None, option: str) -> None:
         raise ConfigError(f"{option} {path!r} is a folder, not a file")
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"{option} {path!r}: folder {folder!r} is not writable")
+    try:
+        write_target(path)  # a device node or a link to one is refused, not replaced
+    except DeltapropError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -101,16 +133,19 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     if args.spec:
         spec = read_spec_file(args.spec)
     else:
+        check_class_count(data)
         spec = default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes)
+    if not isinstance(spec.get("train") or {}, dict):
+        raise ConfigError(f"spec file {str(args.spec)!r}: [train] must be a table")
     train = dict(spec.get("train") or {})
-    seed = args.seed if args.seed is not None else train.get("seed", 0)
+    seed = _setting(args.seed, "--seed", train, "seed", 0, low=0)
     source = f"spec file {str(args.spec)!r}" if args.spec else None
     net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
     data = data.reshaped(net.input_shapes[0])
-    epochs = _positive(args.epochs if args.epochs is not None else train.get("epochs", 10),
-                       "epochs")
-    batch_size = _positive(args.batch_size if args.batch_size is not None
-                           else train.get("batch_size", 32), "batch_size")
+    epochs = _setting(args.epochs, "--epochs", train, "epochs", 10)
+    batch_size = _setting(args.batch_size, "--batch-size", train, "batch_size", 32)
+    if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr must be a finite positive number, got {args.lr!r}")
     try:
         losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
                               train.get("loss_weights"))
@@ -150,13 +185,16 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
                       detect_anomaly=args.detect_anomaly, distributed=distributed,
                       bptt=train.get("bptt"), **resumable)
     seconds = time.perf_counter() - start
-    metrics = net.evaluate(data.x_test, data.y_test, loss=loss, distributed=distributed,
-                           loss_weights=train.get("loss_weights"))
+    metrics: dict[str, Any] = {"loss": None}
+    if len(data.x_test):
+        metrics = net.evaluate(data.x_test, data.y_test, loss=loss, distributed=distributed,
+                               loss_weights=train.get("loss_weights"))
     final_loss = history.loss[-1] if history.loss else float("nan")
     print(f"trained in {seconds:.1f} s; final train loss {final_loss:.4f}")
     if "accuracy" in metrics:
         print(f"test accuracy: {metrics['accuracy']:.4f}")
-    print(f"test loss: {metrics['loss']:.4f}")
+    print("test set is empty: no test figures" if metrics["loss"] is None
+          else f"test loss: {metrics['loss']:.4f}")
     writer = distributed is None or distributed.is_root
     if args.out and writer:
         save(net, args.out)
@@ -173,7 +211,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
         if memory is not None:
             report["memory"] = memory.as_dict()
         with atomic_write(args.metrics_json) as handle:
-            handle.write(json.dumps(report, indent=2).encode())
+            handle.write(json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
     return 0
 
 
@@ -289,8 +327,15 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
                      for row in cells)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"deltaprop: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deltaprop", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="deltaprop", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.set_defaults(func=None)
@@ -413,6 +458,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("deltaprop: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a plugin layer's own error: one line naming it
+        culprit = blamed_on(exc)
+        if culprit is None or args.debug:
+            raise
+        message = " ".join(str(exc).split()) or "(no message)"
+        print(f"deltaprop: error: {message} ({type(exc).__name__} in {culprit}; "
+              f"--debug shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ and lets validation errors name the component and the key at fault.
 from __future__ import annotations
 
 import inspect
+import json
 import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -55,6 +56,25 @@ class Configurable:
     @classmethod
     def from_config(cls, config: dict[str, Any], **extra: Any) -> Any:
         return construct(cls, {**config, **extra})
+
+
+def config_problem(obj: Configurable) -> str | None:
+    """Why ``obj.get_config()`` could not be saved and read back, naming the key (a
+    constructor argument not stored under its own attribute name, a value that is not
+    JSON data such as a set), or None. Checked when a layer is built, so a run does not
+    train for hours and then fail to save its model."""
+    for key in obj.config_keys():
+        try:
+            value = _json_value(getattr(obj, key))
+        except AttributeError:
+            return (f"config key {key!r}: the constructor argument is not stored under the "
+                    f"attribute {key!r}, so get_config cannot read it back")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            return (f"config key {key!r}: {type(value).__name__} {value!r} is not plain "
+                    f"JSON data ({exc})")
+    return None
 
 
 def construct(cls: type[Configurable], config: dict[str, Any]) -> Any:

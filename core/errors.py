@@ -3,6 +3,7 @@ that names the thing at fault, so the CLI can print one line and exit."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 
@@ -59,3 +60,29 @@ def add_context(exc: BaseException, context: str) -> None:
         exc.add_note(context)
     else:  # Python 3.10 prints no notes, but keeps them for whoever reads the error
         exc.__notes__ = [*getattr(exc, "__notes__", ()), context]  # type: ignore[attr-defined]
+
+
+class FileError(DeltapropError, OSError):
+    """A file deltaprop was asked to read or write that it refuses or cannot use: not a
+    regular file, larger than the read limit, a write that failed (the old file stays)."""
+
+
+_BLAME = "_deltaprop_blame"
+
+
+def blame(exc: BaseException, culprit: str) -> None:
+    """Record on ``exc`` (kept as it is: class, object, traceback) which layer and plugin
+    raised it, for the command line's one-line message."""
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes
+        setattr(exc, _BLAME, culprit)
+
+
+def blamed_on(exc: BaseException) -> str | None:
+    """The culprit ``blame`` recorded on ``exc``, or None."""
+    culprit = getattr(exc, _BLAME, None)
+    return culprit if isinstance(culprit, str) else None
+
+
+class LayerError(DeltapropError, RuntimeError):
+    """A layer broke its protocol at run time (raised, returned gradients of the wrong
+    shape or count); the message names the node, the layer and its plugin."""

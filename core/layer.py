@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .config import Configurable, check_dtype
+from .config import Configurable, check_dtype, config_problem
 from .errors import ConfigError, DeltapropError, ModelFileError, ShapeError, add_context
 from .tensor import Node, Shape, Tensor, build_rng, format_shapes, symbolic_inputs
 
@@ -247,6 +247,18 @@ class Layer(Configurable):
         final_state)``. No gradient flows into ``state``."""
         raise NotImplementedError(f"layer {self.name!r} carries no state")
 
+    # -- random draws in training (dropout masks) --------------------------------------
+    def generator_state(self) -> dict[str, Any] | None:
+        """The state of the random generator the layer draws from in training, as a
+        JSON-able dict (numpy's ``bit_generator.state``), or None (the default) for a
+        layer that draws nothing. Checkpoints save it so a seeded run resumes bit for bit."""
+        return None
+
+    def set_generator_state(self, state: dict[str, Any]) -> None:
+        """Put back a state ``generator_state`` returned; raise ValueError or TypeError
+        for one that does not fit."""
+        raise NotImplementedError(f"layer {self.name!r} keeps no random generator")
+
     # -- for the conformance kit -----------------------------------------------------
     def cache_allowance(self) -> tuple[float, str] | None:
         """``(factor, why)`` when a training cache needs more than the conformance kit's
@@ -282,6 +294,9 @@ class Layer(Configurable):
                 raise
             self.input_shapes = shapes
             self.output_shapes = tuple(tuple(int(d) for d in s) for s in output_shapes)
+            problem = config_problem(self)  # before training, not when the model is saved
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
         elif shapes != self.input_shapes:
             raise ShapeError(f"{where}: this layer is shared and was built for input shapes "
                              f"{format_shapes(self.input_shapes)}, got {format_shapes(shapes)}")

@@ -10,18 +10,21 @@ recorded as failed (with why) and skipped, or raises in strict mode.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib.metadata as metadata
+import io
 import os
 import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pluggy
 
 from . import hookspecs
@@ -74,6 +77,10 @@ class PluginRecord:
     provides: dict[str, list[str]] = field(default_factory=dict)
     #: seconds spent importing the module and calling its hooks
     load_seconds: float = 0.0
+    #: what the plugin printed on standard output while loading (kept off stdout)
+    printed: str = ""
+    #: whether it changed numpy's error handling while loading (put back)
+    changed_errstate: bool = False
 
     @property
     def provider(self) -> Provider:
@@ -82,11 +89,48 @@ class PluginRecord:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "distribution": self.distribution, "version": self.version,
                 "module": self.value, "status": self.status, "error": self.error,
-                "provides": self.provides, "load_seconds": round(self.load_seconds, 6)}
+                "provides": self.provides, "load_seconds": round(self.load_seconds, 6),
+                "printed": self.printed}
+
+
+_TRUE = ("1", "true", "yes", "on", "y", "t")
+_FALSE = ("", "0", "false", "no", "off", "n", "f")
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    """An on/off environment switch in its usual spellings; anything else is refused
+    rather than silently read as off."""
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise PluginError(f"{name}={raw!r}: expected 1, true, yes or on (or 0, false, no, off)")
+
+
+def _contained(exc: BaseException) -> bool:
+    """Whether a plugin's exception is the plugin's failure to report (anything but the
+    user's Ctrl-C): a SystemExit in a plugin must not end the command."""
+    return not isinstance(exc, KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def _captured_stdout(record: PluginRecord) -> Iterator[None]:
+    """Keep a plugin's prints out of standard output (``deltaprop layers --json`` must
+    stay JSON); what it printed is kept on its record and reported in one warning. A
+    plugin that changes numpy's process-wide error handling (``np.seterr(all="raise")``)
+    has it put back, and is reported too: it would turn every overflow into a crash."""
+    buffer = io.StringIO()
+    errstate = np.geterr()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        record.printed += buffer.getvalue()
+        if np.geterr() != errstate:
+            np.seterr(**errstate)
+            record.changed_errstate = True
 
 
 def _env_list(name: str) -> set[str]:
@@ -143,14 +187,18 @@ class Registry:
                                    f"deltaprop {deltaprop_version()}; not imported")
                 continue
             try:
-                plugin = ep.load()
-            except Exception as exc:  # any import failure must not take the registry down
+                with _captured_stdout(record):
+                    plugin = ep.load()
+            except BaseException as exc:  # no import failure may take the registry down
+                if not _contained(exc):
+                    raise
                 self._fail(record, f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}")
                 continue
             finally:
                 record.load_seconds = time.perf_counter() - loading
             self._add(record, plugin)
             record.load_seconds = time.perf_counter() - loading
+            self._report_output(record)
         self.discovery_seconds = time.perf_counter() - start
 
     def register_plugin(self, plugin: Any, name: str | None = None, *,
@@ -166,6 +214,32 @@ class Registry:
             record.status = "disabled"
             return
         self._add(record, plugin)
+        self._report_output(record)
+
+    def _report_output(self, record: PluginRecord) -> None:
+        if record.changed_errstate:
+            warnings.warn(f"plugin {record.name!r} from {record.distribution} changed numpy's "
+                          f"error handling (np.seterr) while loading; it was put back",
+                          RuntimeWarning, stacklevel=3)
+        if record.printed:
+            first = record.printed.strip().splitlines()[0][:80] if record.printed.strip() else ""
+            warnings.warn(f"plugin {record.name!r} from {record.distribution} printed "
+                          f"{len(record.printed)} characters on standard output while "
+                          f"loading (kept off the output): {first!r}", RuntimeWarning,
+                          stacklevel=3)
+
+    def _warn_unknown_hooks(self, record: PluginRecord, plugin: Any) -> None:
+        """A hook implementation whose name matches no hook is never called: say so,
+        with the closest hook name (a misspelling is the usual cause)."""
+        known = [hook_name for hook_name, _ in KINDS.values()]
+        for caller in self._pm.get_hookcallers(plugin) or []:
+            if caller.has_spec():
+                continue
+            close = difflib.get_close_matches(caller.name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.warn(f"plugin {record.name!r} from {record.distribution}: hook "
+                          f"{caller.name!r} is not a deltaprop hook and is never called"
+                          f"{hint}", RuntimeWarning, stacklevel=4)
 
     def _fail(self, record: PluginRecord, message: str) -> None:
         record.status = "failed"
@@ -189,6 +263,7 @@ class Registry:
         except Exception as exc:
             self._fail(record, f"is not a valid plugin: {type(exc).__name__}: {exc}")
             return
+        self._warn_unknown_hooks(record, plugin)
         pm_name = self._pm.get_name(plugin)
         gathered: dict[str, dict[str, Any]] = {}
         try:
@@ -198,8 +273,11 @@ class Registry:
                     if impl.plugin_name != pm_name:
                         continue
                     try:
-                        result = impl.function()
-                    except Exception as exc:
+                        with _captured_stdout(record):
+                            result = impl.function()
+                    except BaseException as exc:
+                        if not _contained(exc):
+                            raise
                         raise _Rejected(f"hook {hook_name} raised {type(exc).__name__}: {exc}"
                                         ) from exc
                     gathered[kind] = _validate(kind, base, result, hook_name)
@@ -233,10 +311,10 @@ class Registry:
     def _lookup(self, kind: str, name: str) -> tuple[Any, Provider]:
         self._ensure()
         entries = self._entries[kind]
-        if name in entries:
-            return entries[name]
         if not isinstance(name, str):
             raise RegistryError(f"{kind} name must be a string, got {name!r}")
+        if name in entries:
+            return entries[name]
         close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
         message = f"unknown {kind} {name!r}"
         message += f"; did you mean {', '.join(map(repr, close))}?" if close else "."
@@ -245,19 +323,28 @@ class Registry:
         failed = [p.name for p in self._plugins if p.status == "failed"]
         if failed:
             message += f" (plugins that failed to load: {', '.join(failed)})"
+        disabled = self.disabled_plugins()
+        if disabled:
+            message += (f" (plugins disabled by {DISABLE_ENV}, which may provide it: "
+                        f"{', '.join(disabled)})")
         raise RegistryError(message + ".")
+
+    def disabled_plugins(self) -> list[str]:
+        """Names of the plugins ``DELTAPROP_DISABLE_PLUGINS`` kept from loading."""
+        self._ensure()
+        return [p.name for p in self._plugins if p.status == "disabled"]
 
     def plugins(self) -> list[PluginRecord]:
         self._ensure()
         return list(self._plugins)
 
-    def create(self, name: str, **config: Any) -> Layer:
+    def create(self, name: str, /, **config: Any) -> Layer:
         return construct(self.get("layer", name), config)
 
-    def create_loss(self, name: str, **config: Any) -> Loss:
+    def create_loss(self, name: str, /, **config: Any) -> Loss:
         return construct(self.get("loss", name), config)
 
-    def create_optimizer(self, name: str, **config: Any) -> Optimizer:
+    def create_optimizer(self, name: str, /, **config: Any) -> Optimizer:
         return construct(self.get("optimizer", name), config)
 
 
@@ -396,16 +483,16 @@ def reset_registry(registry: Registry | None = None) -> Registry:
     return _default
 
 
-def create(name: str, **config: Any) -> Layer:
+def create(name: str, /, **config: Any) -> Layer:
     """Make a layer by registry name: ``create("dense", units=10)``."""
     return get_registry().create(name, **config)
 
 
-def create_loss(name: str, **config: Any) -> Loss:
+def create_loss(name: str, /, **config: Any) -> Loss:
     return get_registry().create_loss(name, **config)
 
 
-def create_optimizer(name: str, **config: Any) -> Optimizer:
+def create_optimizer(name: str, /, **config: Any) -> Optimizer:
     return get_registry().create_optimizer(name, **config)
 
 

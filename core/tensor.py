@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import GraphError, ShapeError
+from .errors import ConfigError, GraphError, ShapeError
 
 if TYPE_CHECKING:
     from .layer import Layer
@@ -37,6 +37,9 @@ def seed(value: int | None) -> None:
 @contextlib.contextmanager
 def seeded(value: int | None) -> Iterator[np.random.Generator]:
     """Within the block, layers are initialized from a generator seeded with ``value``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 0):
+        raise ConfigError(f"seed must be a non-negative integer, got {value!r}")
     rng = np.random.default_rng(value)
     token = _build_rng.set(rng)
     try:

@@ -149,7 +149,30 @@ def make_geometry(owner: str, shape: Shape, F: int, kernel: tuple[int, ...],
         raise ShapeError(f"{owner}: kernel {kernel} (extent {(KH, KW)} with dilation "
                          f"{dilation}) is larger than the padded input {(geo.Hp, geo.Wp)} "
                          f"(input (C, H, W) = {(C, H, W)}, padding {padding!r})")
+    _check_memory(owner, geo, padding, dilation)
     return geo
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound to compare with
+        return None
+
+
+def _check_memory(owner: str, geo: Geometry, padding: Any, dilation: tuple[int, ...]) -> None:
+    """Refuse, when the network is built, a geometry whose padded input and output for a
+    single sample (float32, the least) exceed this machine's memory: a padding or
+    dilation of 100000 would otherwise fail with a MemoryError at the first forward."""
+    elements = geo.C * geo.Hp * geo.Wp + geo.F * geo.Ho * geo.Wo
+    needed = 4 * elements
+    available = _physical_memory()
+    if available is not None and needed > available:
+        raise ShapeError(f"{owner}: one sample would need at least {needed / 2**30:.1f} GiB "
+                         f"(padded input {(geo.C, geo.Hp, geo.Wp)} and output "
+                         f"{(geo.F, geo.Ho, geo.Wo)} in float32), more than this machine's "
+                         f"{available / 2**30:.1f} GiB of memory; check padding {padding!r} "
+                         f"and dilation {dilation}")
 
 
 # --------------------------------------------------------------------------------------
@@ -409,6 +432,21 @@ def _kernel_spectrum(W: np.ndarray, geo: Geometry, size: tuple[int, int]) -> np.
     return _rfft(k, size)
 
 
+def padding_only_taps(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel rows and columns that only ever meet padding (their exact weight
+    gradient is 0): tap ``i`` reads padded rows ``o * sh + i * dh`` for the ``Ho``
+    outputs ``o``, and meets data only if one of them lies in ``[pt, pt + H)``."""
+
+    def dead(taps: int, stride: int, dilation: int, outputs: int, before: int, size: int
+             ) -> np.ndarray:
+        reads = np.arange(outputs)[None, :] * stride + np.arange(taps)[:, None] * dilation
+        inside = (reads >= before) & (reads < before + size)
+        return np.logical_not(np.any(inside, axis=1))
+
+    return (dead(geo.kh, geo.sh, geo.dh, geo.Ho, geo.pt, geo.H),
+            dead(geo.kw, geo.sw, geo.dw, geo.Wo, geo.pl, geo.W))
+
+
 def fft_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geometry,
                 keep: bool) -> tuple[np.ndarray, Any]:
     n = x.shape[0]
@@ -442,6 +480,9 @@ def fft_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bia
     dW_full = _irfft(np.conj(G.transpose(0, 2, 1)) @ X, size, geo.KH)  # (KH, L2, F, C)
     dW = dW_full[::geo.dh, :geo.KW:geo.dw].transpose(2, 3, 0, 1)
     dW = np.ascontiguousarray(dW, dtype=g.dtype)
+    dead_rows, dead_cols = padding_only_taps(geo)
+    dW[:, :, dead_rows] = 0  # exactly, as the direct path: the transforms leave rounding
+    dW[:, :, :, dead_cols] = 0  # noise there, which Adam would turn into steps of ~lr/3
     dx = None
     if need_x:
         full = _irfft(G @ Wf.transpose(0, 2, 1), size, geo.H, geo.pt)  # (H, L2, N, C)

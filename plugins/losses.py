@@ -45,7 +45,14 @@ class ClassTargets(Loss):
             raise DataError(f"loss {self.name!r}: predictions of shape (batch,) have no class "
                             f"axis")
         if target.shape[1:] == shape:
-            return super().check_target(shape, target)
+            rows = super().check_target(shape, target)
+            bad = ~np.isfinite(rows) | (rows < 0)
+            if bad.any():
+                where = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise DataError(f"loss {self.name!r}: one-hot / probability rows must be "
+                                f"finite and non-negative; target{list(where)} is "
+                                f"{float(rows[where])}")
+            return rows
         classes = shape[-1]
         labels_shape = ", ".join(["batch", *map(str, shape[:-1])])
         rows_shape = ", ".join(["batch", *map(str, shape)])

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GraphError, ShapeError, add_context
+from ..errors import GraphError, ShapeError
 from ..layer import Layer
 from . import memory
+from .blame import check_gradients, layer_failure
 from .hooks import Hook, bound
 from .plan import Plan
 from .state import CarriedState
@@ -107,11 +108,12 @@ class Executor:
                 else:
                     outs, cache = layer.forward(tuple(values[s] for s in ins), train=train)
             except Exception as exc:
-                add_context(exc, f"node {step.name!r} ({layer.name})")
+                layer_failure(step.name, layer, "forward", exc)
                 raise
-            if len(outs) != len(step.out_slots):
+            if not isinstance(outs, (tuple, list)) or len(outs) != len(step.out_slots):
+                count = len(outs) if isinstance(outs, (tuple, list)) else type(outs).__name__
                 raise GraphError(f"node {step.name!r}: layer {layer.name!r} returned "
-                                 f"{len(outs)} outputs, declared {len(step.out_slots)}")
+                                 f"{count} outputs, declared {len(step.out_slots)}")
             if len(outs) == 1:
                 s = step.out_slots[0]
                 values[s] = outs[0]
@@ -271,9 +273,12 @@ class Executor:
                 else:
                     grad_ins, grad_params = layer.backward(cache, grad_outs)
             except Exception as exc:
-                add_context(exc, f"node {step.name!r} ({layer.name})")
+                layer_failure(step.name, layer, "backward", exc)
                 raise
             del cache
+            check_gradients(step.name, layer, grad_ins, grad_params,
+                            [plan.slot_shapes[s] for s in step.in_slots],
+                            _batch_of(grad_outs), layer.params)
             if len(grad_ins) != len(step.in_slots):
                 raise GraphError(f"node {step.name!r}: layer {layer.name!r} returned "
                                  f"{len(grad_ins)} input gradients for {len(step.in_slots)} "

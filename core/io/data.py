@@ -7,7 +7,6 @@ in ``deltaprop/data/digits.npz``.
 
 from __future__ import annotations
 
-import gzip
 import os
 import zlib
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, FileError
+from ..storage.files import budget_hint, read_bytes, read_limit
 from ..storage.npz import NpzReader, guarded
 
 #: IDX type codes (the third byte of the magic number)
@@ -52,6 +52,8 @@ class Dataset:
 
     @property
     def n_classes(self) -> int:
+        if self.y_train.ndim == 2:  # one-hot rows: one column per class
+            return int(self.y_train.shape[1])
         return int(max(self.y_train.max(initial=0), self.y_test.max(initial=0))) + 1
 
     def reshaped(self, shape: tuple[int, ...]) -> Dataset:
@@ -85,10 +87,12 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """One IDX file (gzipped or not): magic 0 0 type ndim, big-endian dims, data."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as handle:
-            raw = handle.read()
+        raw = read_bytes(path, "IDX file")
+        if path.suffix == ".gz":
+            raw = _gunzip(raw, read_limit(), f"IDX file {str(path)!r}")
+    except FileError as exc:
+        raise DataError(str(exc)) from None
     except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a corrupt .gz
         raise DataError(f"IDX file {str(path)!r}: cannot read it ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
@@ -106,6 +110,21 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
                         f"({expected} bytes) but the file holds {len(raw) - header} bytes")
     values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return values.astype(dtype.newbyteorder("="))
+
+
+def _gunzip(raw: bytes, limit: int, where: str) -> bytes:
+    """Decompress gzip members, refusing to inflate past ``limit`` bytes."""
+    out = bytearray()
+    while raw:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += inflater.decompress(raw, limit + 1 - len(out))
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise FileError(f"{where}: inflates to more than the read limit of {limit} bytes; "
+                            f"{budget_hint()}")
+        if not inflater.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker")
+        raw = inflater.unused_data.lstrip(b"\0")
+    return bytes(out)
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
@@ -133,6 +152,10 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     floating = y.ndim == 1 and np.issubdtype(y.dtype, np.floating)
     if floating and (not np.all(np.isfinite(y)) or not np.all(y == np.round(y))):
         raise DataError(f"data {name!r}: labels must be whole numbers")
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
+        raise DataError(f"data {name!r}: labels hold NaN or infinite values")
+    if y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"data {name!r}: label {int(y.max())} is too large for a class index")
     if y.ndim == 1:
         if y.size and y.min() < 0:
             raise DataError(f"data {name!r}: label {int(y.min())} is negative")
@@ -147,10 +170,14 @@ def load_npz_dataset(path: str | os.PathLike[str]) -> Dataset:
 
     def read() -> Dataset:
         with NpzReader(path, kind="data file") as reader:
+            reader.reserve(list(_IDX_FILES))  # every size checked before any is inflated
             arrays = {key: reader.read(key) for key in _IDX_FILES}
         for key, value in arrays.items():
             if not np.issubdtype(value.dtype, np.number):
                 raise DataError(f"{where}: {key} is not numeric ({value.dtype})")
+            if value.dtype.kind == "c":  # making it real would drop half of every value
+                raise DataError(f"{where}: {key} is complex ({value.dtype}); deltaprop "
+                                f"trains on real numbers")
         for split in ("train", "test"):
             x = arrays[f"x_{split}"]
             arrays[f"x_{split}"] = (x.astype(np.float32) / 255.0 if x.dtype == np.uint8

@@ -55,6 +55,7 @@ def _load(path: str | os.PathLike[str]) -> Network:
             raise ModelFileError(f"{where}: metadata lacks a spec or a parameter list")
         _check_layers_installed(where, spec, meta.get("providers"), get_registry())
         members = [PARAM_PREFIX + k for k in keys]
+        reader.reserve(members)
         with parameter_budget(reader.param_bytes(members) + 4096, where):
             try:
                 net = load_spec(spec)
@@ -89,6 +90,10 @@ def _check_layers_installed(where: str, spec: dict[str, Any], providers: Any,
         if isinstance(layer, str) and layer not in installed:
             origin = providers.get(layer) if isinstance(providers, dict) else None
             hint = ""
+            if isinstance(origin, dict) and origin.get("plugin") in registry.disabled_plugins():
+                raise ModelFileError(f"{where}: node {node.get('name')!r} uses layer {layer!r} "
+                                     f"of plugin {origin.get('plugin')!r}, which is disabled "
+                                     f"by DELTAPROP_DISABLE_PLUGINS")
             if isinstance(origin, dict) and origin.get("distribution"):
                 hint = (f"; it was provided by plugin {origin.get('plugin')!r} of the "
                         f"distribution {origin['distribution']} {origin.get('version', '')}"

@@ -25,9 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeltapropError, SpecError, add_context
+from ..errors import DeltapropError, FileError, SpecError, add_context
 from ..network import Network
 from ..registry import get_registry
+from ..storage.files import TEXT_LIMIT, read_bytes
 from ..tensor import Input, seeded
 
 if sys.version_info >= (3, 11):
@@ -50,9 +51,9 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if suffix not in (".json", ".toml"):
         raise SpecError(f"spec file {str(path)!r}: expected a .toml or .json file")
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"spec file {str(path)!r}: cannot read it ({exc.strerror})") from None
+        raw = read_bytes(path, "spec file", limit=TEXT_LIMIT)
+    except FileError as exc:
+        raise SpecError(str(exc)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -7,59 +7,35 @@ Model files and checkpoints are both such containers (see ``model_format``).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from ..errors import DeltapropError, ModelFileError
+from ..errors import DeltapropError, FileError, ModelFileError
+from .files import atomic_write, budget_hint, open_regular, read_limit
 
 META = "__deltaprop__"
 MAX_META_BYTES = 64 << 20
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Write to a temporary file beside ``path``, fsync it, then rename it into place;
-    on any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:  # name the file the caller asked for, not the temporary
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
 
 def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
               arrays: dict[str, np.ndarray]) -> None:
     """An uncompressed npz of ``arrays`` plus ``meta`` as JSON bytes, written atomically."""
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    if blob.size > MAX_META_BYTES:  # a reader would refuse it: do not write it
+        raise ModelFileError(f"cannot write {str(path)!r}: its metadata (spec and names) "
+                             f"takes {blob.size} bytes, more than the {MAX_META_BYTES} a "
+                             f"model file may hold (a huge network name or config value?)")
     try:
         with atomic_write(path) as handle:
             np.savez(handle, **{META: blob}, **arrays)  # type: ignore[arg-type]
+    except FileError as exc:
+        raise ModelFileError(str(exc)) from None
     except OSError as exc:
         raise ModelFileError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
@@ -71,16 +47,35 @@ class NpzReader:
     def __init__(self, path: str | os.PathLike[str], kind: str = "model file") -> None:
         self.path = str(path)
         self.where = f"{kind} {self.path!r}"
+        self.budget = read_limit()  # bytes the arrays read so far may inflate to
+        self._reserved: set[str] = set()
+        self._file = contextlib.ExitStack()
         try:
-            self.zip = zipfile.ZipFile(self.path)
-        except FileNotFoundError:
-            raise ModelFileError(f"{self.where}: no such file") from None
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            handle = self._file.enter_context(open_regular(path, kind))
+            self.zip = zipfile.ZipFile(handle)
+        except FileError as exc:
+            self._file.close()
+            raise ModelFileError(str(exc)) from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            self._file.close()
             raise ModelFileError(f"{self.where}: not a valid .npz (zip) file ({exc})") from None
         self.members = {n[:-4]: n for n in self.zip.namelist() if n.endswith(".npy")}
 
     def close(self) -> None:
         self.zip.close()
+        self._file.close()
+
+    def reserve(self, names: list[str]) -> None:
+        """Refuse to read ``names`` when the sizes their headers declare exceed what is
+        left of the read budget: checked before anything is inflated."""
+        declared = self.param_bytes(names)
+        if declared > self.budget:
+            raise ModelFileError(f"{self.where}: arrays {', '.join(map(repr, names))} "
+                                 f"declare {declared} bytes in all, more than the "
+                                 f"{self.budget} bytes left of the read limit; "
+                                 f"{budget_hint()}")
+        self.budget -= declared
+        self._reserved.update(names)
 
     def __enter__(self) -> NpzReader:
         return self
@@ -118,9 +113,16 @@ class NpzReader:
         if dtype is not None and got_dtype != np.dtype(dtype):
             raise ModelFileError(f"{self.where}: array {name!r} has dtype {got_dtype}, "
                                  f"expected {np.dtype(dtype)}")
-        with self.zip.open(self.members[name]) as stream:
-            data = stream.read()
-        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+        declared = int(np.prod(got_shape, dtype=np.float64)) * got_dtype.itemsize
+        if name in self._reserved:
+            declared = 0
+        elif declared > self.budget:
+            raise ModelFileError(f"{self.where}: array {name!r} declares {declared} bytes, "
+                                 f"more than the {self.budget} bytes left of the read limit; "
+                                 f"{budget_hint()}")
+        self.budget -= declared
+        with self.zip.open(self.members[name]) as stream:  # reads the declared bytes only
+            return np.lib.format.read_array(stream, allow_pickle=False)
 
     def read_json(self) -> dict[str, Any]:
         shape, dtype = self.header(META)

@@ -9,13 +9,16 @@ and a README that says how to develop, test and publish it.
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from string import Template
 
 from ..errors import ConfigError
+from ..storage.files import write_bytes
 
 #: Pythons deltaprop supports, for the generated tox.ini
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
@@ -41,7 +44,26 @@ def names_for(name: str) -> tuple[str, str]:
     module = name.lower().replace("-", "_")
     if keyword.iskeyword(module) or module in ("deltaprop", "test", "tests"):
         raise ConfigError(f"plugin name {name!r} would shadow {module!r}; choose another")
+    shadowed = shadowed_module(module)
+    if shadowed:
+        raise ConfigError(f"plugin name {name!r} would install a module {module!r} that "
+                          f"shadows {shadowed}; choose another (e.g. 'acme-{name}')")
     return name.lower().replace("_", "-"), module
+
+
+def shadowed_module(module: str) -> str | None:
+    """What an import of ``module`` finds today (the standard library, or an installed
+    module and where), or None: installing a plugin of that import name would replace
+    it in the environment."""
+    if module in sys.stdlib_module_names or module in sys.builtin_module_names:
+        return "a module of the Python standard library"
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    return f"the installed module at {spec.origin or spec.submodule_search_locations}"
 
 
 def render(name: str, deltaprop_version: str | None = None) -> dict[str, str]:
@@ -78,7 +100,7 @@ def create_plugin(name: str, directory: str | Path | None = None) -> list[Path]:
     for relative, text in files.items():
         path = target / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_bytes(path, text.encode("utf-8"))
         written.append(path)
     return written
 

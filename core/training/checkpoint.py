@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeltapropError, ModelFileError, TrainingError
+from ..errors import DeltapropError, FileError, ModelFileError, TrainingError
 from ..graph.graph import Graph
 from ..optimizer import Optimizer
+from ..storage.lock import PidLock
 from ..storage.model_format import PARAM_PREFIX, model_arrays, model_meta
 from ..storage.npz import NpzReader, guarded, write_npz
 from .losses import OutputLosses
@@ -79,7 +80,8 @@ def run_identity(net: Graph, optimizer: Optimizer, losses: OutputLosses, *,
                  batch_size: int, seed: int | None, shuffle: bool, digest: str
                  ) -> dict[str, Any]:
     """What must be equal for a checkpoint to continue this run (the epoch count may grow)."""
-    return {"network": net.name, "optimizer": optimizer.name,
+    return {"network": net.name, "nodes": net.to_spec().get("nodes"),
+            "optimizer": optimizer.name,
             "optimizer_config": optimizer.get_config(), **losses.describe(),
             "batch_size": batch_size, "seed": seed, "shuffle": bool(shuffle), "data": digest}
 
@@ -107,6 +109,7 @@ def save_checkpoint(location: str | os.PathLike[str], net: Graph, optimizer: Opt
         "epoch_loss": position.epoch_loss, "history": position.history,
         "rng": rng.bit_generator.state, "run": identity,
         "optimizer_state": sorted(opt_state), "has_order": position.order is not None,
+        "layer_generators": layer_generator_states(net),
     }
     arrays = model_arrays(net)
     arrays.update({OPT_PREFIX + k: np.asarray(v) for k, v in opt_state.items()})
@@ -114,6 +117,36 @@ def save_checkpoint(location: str | os.PathLike[str], net: Graph, optimizer: Opt
         arrays[ORDER] = np.asarray(position.order, dtype=np.int64)
     write_npz(path, meta, arrays)
     return path
+
+
+def layer_generator_states(net: Graph) -> dict[str, dict[str, Any]]:
+    """Node name -> generator state of every layer that draws random numbers in training
+    (the ``generator_state`` protocol method), so a resumed run draws the same masks."""
+    states = {}
+    for layer in net.layers:
+        state = layer.generator_state()
+        if state is not None:
+            states[str(layer.label)] = state
+    return states
+
+
+def restore_layer_generators(net: Graph, states: Any, where: str) -> None:
+    """Put back what ``layer_generator_states`` saved; every such layer must be there."""
+    if not isinstance(states, dict):
+        states = {}
+    for layer in net.layers:
+        if layer.generator_state() is None:
+            continue
+        state = states.get(str(layer.label))
+        if state is None:
+            raise CheckpointError(f"{where}: lacks the random generator state of node "
+                                  f"{layer.label!r} ({layer.name}); a resumed run would draw "
+                                  f"other random numbers than the one that stopped")
+        try:
+            layer.set_generator_state(state)
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise CheckpointError(f"{where}: bad random generator state for node "
+                                  f"{layer.label!r} ({layer.name}): {exc}") from None
 
 
 @dataclass
@@ -126,17 +159,20 @@ class Checkpoint:
     identity: dict[str, Any]
     params: dict[str, np.ndarray]
     optimizer_state: dict[str, np.ndarray]
+    layer_generators: dict[str, Any] = field(default_factory=dict)
 
     def restore(self, net: Graph, optimizer: Optimizer, rng: np.random.Generator) -> None:
-        """Put weights, optimizer state and generator state back (in place)."""
+        """Put generator states, weights and optimizer state back (in place); the
+        generators first, since they are the part that may be refused."""
+        where = f"checkpoint {str(self.path)!r}"
+        try:
+            rng.bit_generator.state = self.rng_state
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise CheckpointError(f"{where}: bad generator state ({exc})") from None
+        restore_layer_generators(net, self.layer_generators, where)
         for key, layer, pname in net.plan.param_index:
             layer.params[pname] = self.params[key]
         optimizer.load_state_dict(self.optimizer_state)
-        try:
-            rng.bit_generator.state = self.rng_state
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {str(self.path)!r}: bad generator state "
-                                  f"({exc})") from None
 
 
 def load_checkpoint(location: str | os.PathLike[str], net: Graph) -> Checkpoint:
@@ -190,6 +226,10 @@ def _read(path: Path, where: str, net: Graph) -> Checkpoint:
                                       f"changed?)")
         params = {k: reader.read(PARAM_PREFIX + k, shape=v.shape, dtype=v.dtype)
                   for k, v in expected.items()}
+        for key, value in params.items():
+            if not np.isfinite(value).all():
+                raise CheckpointError(f"{where}: parameter {key!r} holds NaN or infinite "
+                                      f"values; it is not a state to resume from")
         names = info.get("optimizer_state")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise CheckpointError(f"{where}: bad optimizer state list")
@@ -206,6 +246,12 @@ def _read(path: Path, where: str, net: Graph) -> Checkpoint:
                 raise CheckpointError(f"{where}: optimizer state {name!r} names no parameter")
             opt_state[name] = reader.read(OPT_PREFIX + name, shape=expected[key].shape,
                                           dtype=expected[key].dtype)
+            if not np.isfinite(opt_state[name]).all():
+                raise CheckpointError(f"{where}: optimizer state {name!r} holds NaN or "
+                                      f"infinite values")
+        if "t" not in opt_state:
+            raise CheckpointError(f"{where}: lacks the optimizer's step count (its optimizer "
+                                  f"state was removed?)")
         order = None
         if info.get("has_order"):
             shape, dtype = reader.header(ORDER)
@@ -215,7 +261,8 @@ def _read(path: Path, where: str, net: Graph) -> Checkpoint:
     assert isinstance(epoch, int) and isinstance(batch, int)  # checked by _count above
     position = Position(epoch, batch, order, float(epoch_loss),
                         {k: [float(f) for f in v] for k, v in history.items()})
-    return Checkpoint(path, position, rng_state, identity, params, opt_state)
+    return Checkpoint(path, position, rng_state, identity, params, opt_state,
+                      info.get("layer_generators") or {})
 
 
 def _count(value: Any) -> bool:
@@ -223,14 +270,18 @@ def _count(value: Any) -> bool:
 
 
 def check_resumable(ckpt: Checkpoint, identity: dict[str, Any], n_samples: int,
-                    steps_per_epoch: int) -> None:
-    """Refuse a checkpoint of another run: other data, batch size, seed or optimizer."""
+                    steps_per_epoch: int, epochs: int | None = None,
+                    optimizer: Optimizer | None = None) -> None:
+    """Refuse a checkpoint of another run (other data, layers, batch size, seed or
+    optimizer), one that has done more epochs than asked, or one whose optimizer state
+    lacks what the optimizer keeps."""
     where = f"checkpoint {str(ckpt.path)!r}"
     for key, value in identity.items():
         saved = ckpt.identity.get(key)
         if saved != value:
-            what = "the training data differ" if key == "data" else (
-                f"{key} was {saved!r}, now {value!r}")
+            what = ("the training data differ" if key == "data" else
+                    _nodes_differ(saved, value) if key == "nodes" else
+                    f"{key} was {saved!r}, now {value!r}")
             raise CheckpointError(f"{where} belongs to another run: {what}; resume with the "
                                   f"same settings or use a new checkpoint directory")
     pos = ckpt.position
@@ -243,6 +294,49 @@ def check_resumable(ckpt: Checkpoint, identity: dict[str, Any], n_samples: int,
                               f"{n_samples} samples")
     if not math.isfinite(pos.epoch_loss):
         raise CheckpointError(f"{where}: the running loss is not finite")
+    if epochs is not None and (pos.epoch > epochs or (pos.epoch == epochs and pos.batch)):
+        raise CheckpointError(f"{where} has done {pos.describe()}, more than the {epochs} "
+                              f"epoch(s) asked for; ask for at least {pos.epoch + bool(pos.batch)}"
+                              f" epochs to continue it")
+    done = pos.epoch * steps_per_epoch + pos.batch
+    if optimizer is not None and done:
+        steps = int(ckpt.optimizer_state.get("t", 0))
+        if steps < done:
+            raise CheckpointError(f"{where}: the optimizer made {steps} step(s) but "
+                                  f"{done} batches are done; its state was reset or removed")
+        missing = sorted(set(optimizer_slots(optimizer, ckpt.params))
+                         - set(ckpt.optimizer_state))
+        if missing:
+            raise CheckpointError(f"{where}: lacks optimizer state {missing[0]!r}"
+                                  f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
+                                  f" that {optimizer.name} keeps; resuming would restart it "
+                                  f"from zero")
+
+
+def optimizer_slots(optimizer: Optimizer, params: dict[str, np.ndarray]) -> list[str]:
+    """The state entries ``optimizer`` keeps for ``params`` after a step, found by one
+    step of a fresh copy on zero gradients (so any optimizer answers, by its own rules)."""
+    try:
+        probe = type(optimizer)(**optimizer.get_config())
+        probe.step({k: v.copy() for k, v in params.items()},
+                   {k: np.zeros_like(v) for k, v in params.items()})
+        return list(probe.state_dict())
+    except Exception:  # an optimizer that cannot be probed is not checked
+        return []
+
+
+def _nodes_differ(saved: Any, now: Any) -> str:
+    """Which node's layer or config changed, for the refusal's message."""
+    if not isinstance(saved, list) or not isinstance(now, list):
+        return "it holds no description of its layers"
+    if len(saved) != len(now):
+        return f"the network had {len(saved)} nodes, now {len(now)}"
+    for old, node in zip(saved, now):
+        if old != node and isinstance(old, dict) and isinstance(node, dict):
+            keys = sorted(k for k in set(old) | set(node) if old.get(k) != node.get(k))
+            changes = ", ".join(f"{k}: {old.get(k)!r} -> {node.get(k)!r}" for k in keys)
+            return f"node {old.get('name')!r} changed ({changes})"
+    return "its layers differ"
 
 
 class StopFlag:
@@ -294,24 +388,45 @@ class Checkpointer:
         self.net, self.optimizer, self.identity, self.every = net, optimizer, identity, every
         self.saved: Position | None = None
         self.first_save = True  # until a save, or a resume from an existing checkpoint
+        self.lock = PidLock(self.path.parent / f"{self.path.name}.lock",
+                            f"checkpoint {str(self.path)!r}")
+
+    def acquire(self) -> None:
+        """Take the directory's lock (creating the directory): a second run on the same
+        checkpoint is refused with the first one's pid instead of racing it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except FileError as exc:
+            raise CheckpointError(str(exc)) from None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint directory {str(self.path.parent)!r}: cannot "
+                                  f"create it ({exc.strerror or exc})") from None
+
+    def release(self) -> None:
+        self.lock.release()
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete the half-written files of writers killed mid-save (never the checkpoint)."""
-        removed = []
+        """Delete the half-written files of writers killed mid-save (never the checkpoint);
+        only while holding the lock, so no live writer's file is taken away."""
+        removed: list[Path] = []
+        if not self.lock.held:
+            return removed
         for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)
         return removed
 
-    def resume(self, rng: np.random.Generator, n_samples: int, steps_per_epoch: int
-               ) -> Position | None:
+    def resume(self, rng: np.random.Generator, n_samples: int, steps_per_epoch: int,
+               epochs: int | None = None) -> Position | None:
         """Restore the run from the checkpoint, or None when there is none yet."""
         self.remove_stale_temporaries()
         if not self.path.is_file():
             return None
         ckpt = load_checkpoint(self.path, self.net)
-        check_resumable(ckpt, self.identity, n_samples, steps_per_epoch)
+        check_resumable(ckpt, self.identity, n_samples, steps_per_epoch, epochs,
+                        self.optimizer)
         ckpt.restore(self.net, self.optimizer, rng)
         self.saved = ckpt.position
         self.first_save = False

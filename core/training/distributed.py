@@ -21,10 +21,14 @@ mpi4py is optional (``pip install 'deltaprop[mpi]'``); it is imported only here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+import math
 import os
 import pickle
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +43,22 @@ from .checkpoint import Checkpointer, TrainingInterrupted
 from .step import Reducer
 
 #: seconds a collective may wait for the other ranks before giving up
-DEFAULT_TIMEOUT = float(os.environ.get("DELTAPROP_MPI_TIMEOUT", "300"))
+TIMEOUT_ENV = "DELTAPROP_MPI_TIMEOUT"
+DEFAULT_TIMEOUT = 300.0
+
+
+def default_timeout() -> float:
+    """``DELTAPROP_MPI_TIMEOUT`` (seconds), read when a job starts, else 300."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise DataError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
 
 
 class DistributedError(TrainingError):
@@ -84,8 +103,8 @@ class Distributed:
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-        if not self.timeout > 0:
+        self.timeout = default_timeout() if timeout is None else float(timeout)
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise DataError(f"MPI timeout must be positive seconds, got {timeout!r}")
         self.stats = {"allreduce_calls": 0, "allreduce_seconds": 0.0, "allreduce_bytes": 0,
                       "broadcast_calls": 0, "compute_seconds": 0.0}
@@ -187,19 +206,27 @@ class Distributed:
 
     # -- training ---------------------------------------------------------------------------
     def prepare(self, graph: Graph, optimizer: Optimizer, *, batch_size: int,
-                seed: int | None, progress: bool | None, n_samples: int
-                ) -> tuple[int, int, bool | None]:
+                seed: int | None, progress: bool | None, n_samples: int,
+                data_digest: str | None = None) -> tuple[int, int, bool | None]:
         """Called by ``fit`` before the first epoch: checks that every rank runs the same
         thing, picks one seed, and makes the replicas identical (weights and optimizer
         state). Returns ``(global batch size, seed, progress)``."""
         params = graph.params
         mine = {"n_samples": n_samples, "batch_size": batch_size,
-                "layout": [(k, a.shape, str(a.dtype)) for k, a in params.items()]}
+                "layout": [(k, a.shape, str(a.dtype)) for k, a in params.items()],
+                "network": _digest(graph.to_spec().get("nodes")),
+                "optimizer": (optimizer.name, _digest(optimizer.get_config())),
+                "data": data_digest}
         root = self.broadcast_object({**mine, "seed": seed if seed is not None
                                       else secrets.randbits(63)}, "broadcast of the settings")
-        self.agree(all(root[k] == mine[k] for k in mine),
-                   f"training settings (samples {n_samples}, batch {batch_size}, "
-                   f"{len(params)} parameter arrays)")
+        differ = [k for k in mine if root[k] != mine[k]]
+        words = {"n_samples": f"samples ({n_samples})", "batch_size": f"batch ({batch_size})",
+                 "layout": "parameter layout", "network": "layers and their config",
+                 "optimizer": f"optimizer and its settings ({optimizer.name} "
+                              f"{optimizer.get_config()})",
+                 "data": "training data (digest)"}
+        self.agree(not differ, f"training settings ({', '.join(words[k] for k in differ)} "
+                               f"differ from rank 0's)" if differ else "training settings")
         self.broadcast_parameters(params)
         optimizer.load_state_dict(self.broadcast_object(optimizer.state_dict(),
                                                         "broadcast of the optimizer state"))
@@ -278,6 +305,12 @@ def _checksum(params: dict[str, np.ndarray]) -> float:
     return total
 
 
+def _digest(value: Any) -> str:
+    """A short fingerprint of JSON-able settings, to compare across ranks."""
+    text = json.dumps(value, sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 class FlatLayout:
     """Where each named array lives in one flat buffer (same order on every rank)."""
 
@@ -332,6 +365,7 @@ class AllreduceGradients(Reducer):
         self._layout: FlatLayout | None = None
         self._flat: np.ndarray | None = None
         self._started = 0.0
+        self._agreed_stop = False  # what the last reduce decided about stopping
 
     def part(self, idx: np.ndarray) -> np.ndarray:
         self._started = time.perf_counter()
@@ -358,11 +392,23 @@ class AllreduceGradients(Reducer):
             raise TrainingError(f"step {self.steps}: no rank had samples to train on")
         if stopping and self.stop is not None and not signum:
             self.stop.signum = round(signum_total / stopping)
+        self._agreed_stop = bool(stopping)
         flat[:layout.n] *= 1.0 / total
         return layout.views(flat), loss_total / total
 
     def sum(self, values: np.ndarray, what: str) -> np.ndarray:
         return self.distributed.allreduce_sum(np.array(values, dtype=np.float64), what)
+
+    def stopping(self) -> bool:
+        return self._agreed_stop
+
+    def agree_to_stop(self) -> bool:
+        signum = self.stop.signum if self.stop is not None else None
+        flags = self.distributed.allreduce_sum(
+            np.array([1.0 if signum else 0.0, float(signum or 0)]), "stop agreement")
+        if flags[0] and self.stop is not None and not signum:
+            self.stop.signum = round(flags[1] / flags[0])
+        return bool(flags[0])
 
 
 def run_on_ranks(command: Callable[..., int], args: Any, *, timeout: float | None = None
@@ -390,6 +436,13 @@ class RootOnlyWriter:
     def last_good(self) -> str:
         return self.inner.last_good()
 
+    def acquire(self) -> None:
+        if self.distributed.is_root:  # the writer holds the lock for the whole job
+            self.inner.acquire()
+
+    def release(self) -> None:
+        self.inner.release()
+
     def resume(self, *args: Any, **kwargs: Any) -> Any:
         position = self.inner.resume(*args, **kwargs)
         self.distributed.agree(
@@ -413,12 +466,12 @@ class RootOnlyWriter:
     def interrupted(self, flag: Any, position: Any, rng: Any) -> Any:
         if self.distributed.is_root:
             return self.inner.interrupted(flag, position, rng)
-        saved = self.inner.save
-        try:
-            self.inner.save = lambda position, rng: None  # type: ignore[method-assign]
-            return self.inner.interrupted(flag, position, rng)
-        finally:
-            self.inner.save = saved  # type: ignore[method-assign]
+        self.inner.saved = position  # rank 0 saves this position; this rank says so
+        name = signal.Signals(flag.signum).name
+        dist = self.distributed
+        return TrainingInterrupted(f"rank {dist.rank} of {dist.size}: stopped by {name} with "
+                                   f"every rank at {position.describe()}; rank 0 saves the "
+                                   f"checkpoint in {str(self.inner.path)!r}", flag.signum)
 
 
 def as_distributed(value: Any) -> Distributed | None:

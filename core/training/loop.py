@@ -153,6 +153,8 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
     """Train with mini-batches; see ``deltaprop.Network.fit``."""
     epochs = _count(epochs, "epochs", 0)
     batch_size = _count(batch_size, "batch_size", 1)
+    if seed is not None:
+        seed = _count(seed, "seed", 0)
     if resume and checkpoint is None:
         raise TrainingError("resume needs a checkpoint directory")
     losses = OutputLosses(graph, loss, loss_weights)
@@ -170,7 +172,8 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
     reducer: Reducer = Reducer()
     if mpi is not None:
         batch_size, seed, progress = mpi.prepare(graph, opt, batch_size=batch_size,
-                                                 seed=seed, progress=progress, n_samples=n)
+                                                 seed=seed, progress=progress, n_samples=n,
+                                                 data_digest=data_digest(xs, ys))
         reducer = mpi.reducer()
     rng = np.random.default_rng(seed)
     history = History()
@@ -183,14 +186,19 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
         saver = Checkpointer(checkpoint, graph, opt, identity, every=checkpoint_every)
         if mpi is not None:
             saver = mpi.root_only(saver)
-        restored = saver.resume(rng, n, steps_per_epoch) if resume else None
-        if restored is not None:
-            pos = restored
-            history.loss = list(pos.history.get("loss", []))
-            history.val_loss = list(pos.history.get("val_loss", []))
-            history.val_accuracy = list(pos.history.get("val_accuracy", []))
-        else:
-            saver.save(pos, rng)  # a last good state exists from the start
+        saver.acquire()  # the directory's lock, held until fit returns
+        try:
+            restored = saver.resume(rng, n, steps_per_epoch, epochs) if resume else None
+            if restored is not None:
+                pos = restored
+                history.loss = list(pos.history.get("loss", []))
+                history.val_loss = list(pos.history.get("val_loss", []))
+                history.val_accuracy = list(pos.history.get("val_accuracy", []))
+            else:
+                saver.save(pos, rng)  # a last good state exists from the start
+        except BaseException:
+            saver.release()
+            raise
     done = min(pos.epoch * steps_per_epoch + pos.batch, epochs * steps_per_epoch)
     bar = (ProgressBar(epochs, steps_per_epoch, done=done) if show_progress(progress)
            else None)
@@ -235,7 +243,7 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
                     if saver is not None:
                         if b + 1 < steps_per_epoch:
                             saver.after_batch(pos, rng)
-                        if stop:
+                        if reducer.stopping():  # what every process agreed on
                             raise saver.interrupted(stop, pos, rng)
                 history.loss.append(pos.epoch_loss / n)
                 metrics = {"loss": history.loss[-1]}
@@ -251,12 +259,14 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy
                     saver.save(pos, rng)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, history)
-                if stop and saver is not None:
+                if saver is not None and reducer.agree_to_stop():
                     raise saver.interrupted(stop, pos, rng)
     finally:
         reducer.stop = None
         if bar is not None:
             bar.close()
+        if saver is not None:
+            saver.release()
     history.seconds = time.perf_counter() - start
     return history
 

@@ -49,6 +49,17 @@ class Reducer:
         """Sums over every process (evaluation figures); here, the values themselves."""
         return values
 
+    def stopping(self) -> bool:
+        """Whether training stops after the step just reduced: every process must answer
+        the same, so a reducer over processes answers what the step agreed on, never a
+        signal that reached this process alone after it."""
+        return bool(self.stop)
+
+    def agree_to_stop(self) -> bool:
+        """Whether any process was asked to stop, decided together (at an epoch's end,
+        where no step carries the request)."""
+        return bool(self.stop)
+
 
 class TrainingStep:
     """One optimizer update of ``graph`` from a batch: call it with the inputs and

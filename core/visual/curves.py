@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
-from ..storage.npz import atomic_write
+from ..storage.files import atomic_write
 
 PANEL_WIDTH, PANEL_HEIGHT = 360, 260
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 30, 42

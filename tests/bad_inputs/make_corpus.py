@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def data() -> None:
     npz("text_inputs.npz", x_train=np.array([["a"] * 64] * 40))
     npz("wrong_sample_shape.npz", x_train=x[:, :50], x_test=x[:8, :50])
     npz("empty_training_set.npz", x_train=x[:0], y_train=y[:0])
+    new_data_cases(npz, x, y)
     (DATA / "truncated.npz").write_bytes((DATA / "nan_inputs.npz").read_bytes()[:300])
     (DATA / "table.csv").write_text("1,2,3\n")
     images = (rng.random((40, 8, 8)) * 255).astype(np.uint8)
@@ -164,6 +166,18 @@ def data() -> None:
     idx_folder("idx_size_mismatch", images, labels, break_file="size")
     (DATA / "idx_missing_file").mkdir()
     (DATA / "idx_missing_file" / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
+
+
+def new_data_cases(npz, x: np.ndarray, y: np.ndarray) -> None:
+    """Issue 20's data cases (also written alone by ``--only-new``)."""
+    npz("complex_inputs.npz", x_train=x.astype(np.complex64))
+    npz("huge_label.npz", y_train=np.where(y == 3, 10**9, y))
+    npz("uint64_labels.npz", y_train=np.where(y == 3, 2**64 - 1, y).astype(np.uint64))
+    one_hot = np.eye(10)[y]
+    nan_rows = one_hot.copy()
+    nan_rows[5, 2] = np.nan
+    npz("nan_one_hot.npz", y_train=nan_rows, y_test=one_hot[:8])
+    npz("negated_one_hot.npz", y_train=-one_hot, y_test=one_hot[:8])
 
 
 def checkpoints() -> None:
@@ -178,7 +192,18 @@ def checkpoints() -> None:
             progress=False, checkpoint=folder, optimizer="sgd")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:] == ["--only-new"]:
+    generator = np.random.default_rng(0)
+    x_new = generator.random((40, 64)).astype(np.float32)
+    y_new = generator.integers(0, 10, 40)
+
+    def npz_new(name: str, **override: np.ndarray) -> None:
+        arrays = {"x_train": x_new, "y_train": y_new, "x_test": x_new[:8],
+                  "y_test": y_new[:8], **override}
+        np.savez(DATA / name, **arrays)
+
+    new_data_cases(npz_new, x_new, y_new)
+elif __name__ == "__main__":
     models()
     data()
     checkpoints()
