@@ -103,7 +103,8 @@ class Layer(Configurable):
     fusable: ClassVar[bool] = True
     #: Attributes holding a ``numpy.random.Generator`` that a training forward draws from
     #: (dropout's mask generator): besides the ``non_trainable`` params, the only state a
-    #: training forward may change. A layer that has them sets ``recomputable = False``.
+    #: training forward may change. A layer that has them sets ``recomputable = False``;
+    #: checkpoints keep their states, so a seeded run resumes bit for bit.
     random_generators: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, dtype: str = "float32", label: str | None = None) -> None:
@@ -246,18 +247,6 @@ class Layer(Configurable):
         returning the final state to start the next call from: ``(outputs, cache,
         final_state)``. No gradient flows into ``state``."""
         raise NotImplementedError(f"layer {self.name!r} carries no state")
-
-    # -- random draws in training (dropout masks) --------------------------------------
-    def generator_state(self) -> dict[str, Any] | None:
-        """The state of the random generator the layer draws from in training, as a
-        JSON-able dict (numpy's ``bit_generator.state``), or None (the default) for a
-        layer that draws nothing. Checkpoints save it so a seeded run resumes bit for bit."""
-        return None
-
-    def set_generator_state(self, state: dict[str, Any]) -> None:
-        """Put back a state ``generator_state`` returned; raise ValueError or TypeError
-        for one that does not fit."""
-        raise NotImplementedError(f"layer {self.name!r} keeps no random generator")
 
     # -- for the conformance kit -----------------------------------------------------
     def cache_allowance(self) -> tuple[float, str] | None:

@@ -91,8 +91,10 @@ def test_a_checkpoint_without_the_dropout_generator_is_refused(tmp_path):
             arrays = {k: reader.read(k) for k in reader.members if k != "__deltaprop__"}
         states = meta["checkpoint"]["layer_generators"]
         meta["checkpoint"]["layer_generators"] = (
-            {} if change == {} else {k: {**v, "state": {"state": 2 ** 300, "inc": 1}}
-                                     for k, v in states.items()})
+            {} if change == {} else {
+                node: {attribute: {**state, "state": {"state": 2 ** 300, "inc": 1}}
+                       for attribute, state in generators.items()}
+                for node, generators in states.items()})
         write_npz(path, meta, arrays)
         net, x, y = problem(dropout=True)
         with pytest.raises(CheckpointError, match=label):

@@ -120,33 +120,31 @@ def save_checkpoint(location: str | os.PathLike[str], net: Graph, optimizer: Opt
 
 
 def layer_generator_states(net: Graph) -> dict[str, dict[str, Any]]:
-    """Node name -> generator state of every layer that draws random numbers in training
-    (the ``generator_state`` protocol method), so a resumed run draws the same masks."""
-    states = {}
-    for layer in net.layers:
-        state = layer.generator_state()
-        if state is not None:
-            states[str(layer.label)] = state
-    return states
+    """Node name -> {attribute: generator state} for every layer that declares
+    ``random_generators`` (dropout's mask generator), so a resumed run draws the same
+    random numbers as the run that stopped."""
+    return {str(layer.label): {attribute: dict(getattr(layer, attribute).bit_generator.state)
+                               for attribute in layer.random_generators}
+            for layer in net.layers if layer.random_generators}
 
 
 def restore_layer_generators(net: Graph, states: Any, where: str) -> None:
-    """Put back what ``layer_generator_states`` saved; every such layer must be there."""
+    """Put back what ``layer_generator_states`` saved; every such generator must be there."""
     if not isinstance(states, dict):
         states = {}
     for layer in net.layers:
-        if layer.generator_state() is None:
-            continue
-        state = states.get(str(layer.label))
-        if state is None:
-            raise CheckpointError(f"{where}: lacks the random generator state of node "
-                                  f"{layer.label!r} ({layer.name}); a resumed run would draw "
-                                  f"other random numbers than the one that stopped")
-        try:
-            layer.set_generator_state(state)
-        except (TypeError, ValueError, KeyError, OverflowError) as exc:
-            raise CheckpointError(f"{where}: bad random generator state for node "
-                                  f"{layer.label!r} ({layer.name}): {exc}") from None
+        saved = states.get(str(layer.label))
+        for attribute in layer.random_generators:
+            state = saved.get(attribute) if isinstance(saved, dict) else None
+            if state is None:
+                raise CheckpointError(f"{where}: lacks the random generator state of node "
+                                      f"{layer.label!r} ({layer.name}); a resumed run would "
+                                      f"draw other random numbers than the one that stopped")
+            try:
+                getattr(layer, attribute).bit_generator.state = state
+            except (TypeError, ValueError, KeyError, OverflowError) as exc:
+                raise CheckpointError(f"{where}: bad random generator state for node "
+                                      f"{layer.label!r} ({layer.name}): {exc}") from None
 
 
 @dataclass

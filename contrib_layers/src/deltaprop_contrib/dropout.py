@@ -43,12 +43,6 @@ class Dropout(Layer):
         self.seed = None if seed is None else non_negative_int("dropout", "seed", seed)
         self._rng = np.random.default_rng(self.seed)
 
-    def generator_state(self) -> dict[str, Any] | None:
-        return dict(self._rng.bit_generator.state)
-
-    def set_generator_state(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state  # numpy checks the generator's kind
-
     def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
         (x,) = inputs
         if not train or self.rate == 0:
