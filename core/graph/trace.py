@@ -140,9 +140,7 @@ class TraceRecorder(Hook):
     def _start(self, seeds: dict[int, str]) -> _Record:
         plan = self.plan = self.graph.plan
         rerun = {k for seg in plan.segments or () for k in seg.rerun}
-        users: dict[int, list[str]] = {}
-        for step in plan.steps:
-            users.setdefault(id(step.layer), []).append(step.name)
+        users = layer_users(plan.steps)
         nodes, self._producer = [], {}
         for step in plan.steps:
             parts = [{"name": n.name or "", "layer": n.layer.name}
@@ -152,7 +150,7 @@ class TraceRecorder(Hook):
                 step.name, step_layers(step), parts, fused=len(parts) > 1,
                 recomputed=step.index in rerun, param_keys=dict(step.param_keys),
                 param_shapes={p: list(a.shape) for p, a in layer.params.items()},
-                shared_with=[n for n in users[id(layer)] if n != step.name],
+                shared_with=sharing(step, users),
                 rule=describe_rule(step)))
             for k, s in enumerate(step.out_slots):
                 self._producer[s] = (step.index, k)
@@ -335,6 +333,23 @@ class TraceRecorder(Hook):
         return trace_table(self.to_dict())
 
 
+def layer_users(steps: Sequence[Step]) -> dict[int, list[str]]:
+    """id of each layer -> the steps running it (a fused step runs its parts' layers)."""
+    users: dict[int, list[str]] = {}
+    for step in steps:
+        for node in step.nodes:
+            if node.layer is not None:
+                users.setdefault(id(node.layer), []).append(step.name)
+    return users
+
+
+def sharing(step: Step, users: dict[int, list[str]]) -> list[str]:
+    """The other steps that run a layer of ``step`` (shared weights)."""
+    found = [name for node in step.nodes if node.layer is not None
+             for name in users[id(node.layer)] if name != step.name]
+    return list(dict.fromkeys(found))
+
+
 def describe_rule(step: Step) -> str | None:
     """The backward rule of a step: its layer's, or for a fused node each part's, the
     later part first (backward runs it first)."""
@@ -398,7 +413,7 @@ def trace_table(data: dict[str, Any]) -> str:
             " ".join(_g(v) for v in back.get("delta_norms", [])),
             " ".join("-" if v is None else _g(v) for v in back.get("input_delta_norms", [])),
             " ".join(f"{p}:{_g(v)}" for p, v in grads.items()),
-            " ".join(f"{p}:{_g(v)}" for p, v in n["update_ratios"].items()),
+            " ".join(f"{p}:{_g(v) or '-'}" for p, v in n["update_ratios"].items()),
         ) if n["ran"] else (n["name"], n["layer"], "", "", "", "", "", "", "", "",
                             "left out: the loss reads its input"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -12,18 +12,23 @@ page draws the executed plan (fused nodes as one box naming their parts).
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
 from ..execution.step import Step
 from ..graph.graph import Graph
+from ..graph.trace import layer_users, sharing
+from ..storage.npz import atomic_write
 
 BOX_WIDTH, BOX_HEIGHT = 176, 64
 COLUMN_GAP, ROW_GAP = 36, 54
 MARGIN = 16
 CHARS_PER_LINE = 27  # at 11px sans-serif, what fits in a box
 SWEEPS = 4
+SLOT_WIDTH = 24  # what an arrow passing a row takes of it
 
 
 @dataclass
@@ -61,15 +66,13 @@ def boxes_of(graph: Graph, steps: Sequence[Step] | None = None) -> list[Box]:
         producer[slot] = key
         boxes.append(Box(key, key, ["input", shape_text(t.shape)], kind="input",
                          element_id=f"input-{key}"))
-    users: dict[int, list[str]] = {}
-    for step in steps:
-        users.setdefault(id(step.layer), []).append(step.name)
+    users = layer_users(steps)
     outputs = set(plan.output_slots)
     for step in steps:
         layers = "+".join(n.layer.name for n in step.nodes if n.layer is not None)
         shapes = ", ".join(shape_text(plan.slot_shapes[s]) for s in step.out_slots)
         count = sum(int(a.size) for a in step.layer.params.values())
-        others = [n for n in users[id(step.layer)] if n != step.name]
+        others = sharing(step, users)
         lines = [layers, shapes, param_text(count) + (" (shared)" if others else "")]
         sources = [(producer.get(s, "?"), shape_text(plan.slot_shapes[s]))
                    for s in step.in_slots]
@@ -81,19 +84,45 @@ def boxes_of(graph: Graph, steps: Sequence[Step] | None = None) -> list[Box]:
     return boxes
 
 
-def layout(boxes: Sequence[Box]) -> dict[str, tuple[float, float]]:
-    """Top-left corner of each box: rows by longest path, order by barycentre."""
+@dataclass
+class Layout:
+    """Top-left corner of each box, and per arrow (box key, input index) the points
+    where it crosses the rows between its ends (a long arrow goes around boxes)."""
+
+    corners: dict[str, tuple[float, float]]
+    bends: dict[tuple[str, int], list[float]]
+    width: float
+    height: float
+
+
+def layout(boxes: Sequence[Box]) -> Layout:
+    """Rows by longest path from an input; an arrow spanning several rows passes
+    through a narrow slot in each row between; the slots of a row are ordered by the
+    mean position of their neighbours, sweeping down and up."""
     row: dict[str, int] = {}
     for box in boxes:  # boxes come in topological order
         row[box.key] = 1 + max((row.get(src, 0) for src, _ in box.sources), default=-1)
     rows: list[list[str]] = [[] for _ in range(max(row.values(), default=0) + 1)]
     for box in boxes:
         rows[row[box.key]].append(box.key)
-    preds = {b.key: [s for s, _ in b.sources if s in row] for b in boxes}
+    preds: dict[str, list[str]] = {b.key: [] for b in boxes}
     succs: dict[str, list[str]] = {b.key: [] for b in boxes}
-    for key, sources in preds.items():
-        for src in sources:
-            succs[src].append(key)
+    chains: dict[tuple[str, int], list[str]] = {}
+    for box in boxes:
+        for i, (src, _) in enumerate(box.sources):
+            if src not in row:
+                continue
+            chain = [src]
+            for between in range(row[src] + 1, row[box.key]):
+                dummy = f"\0{box.key}\0{i}\0{between}"
+                rows[between].append(dummy)
+                preds[dummy], succs[dummy] = [], []
+                chain.append(dummy)
+            chain.append(box.key)
+            chains[(box.key, i)] = chain[1:-1]
+            for a, b in itertools.pairwise(chain):
+                succs[a].append(b)
+                preds[b].append(a)
     position = {key: float(i) for r in rows for i, key in enumerate(r)}
 
     def reorder(r: list[str], neighbours: dict[str, list[str]]) -> None:
@@ -109,14 +138,24 @@ def layout(boxes: Sequence[Box]) -> dict[str, tuple[float, float]]:
             reorder(r, preds)
         for r in reversed(rows[:-1]):
             reorder(r, succs)
-    widest = max(len(r) for r in rows) if rows else 1
-    corners: dict[str, tuple[float, float]] = {}
-    for i, r in enumerate(rows):
-        offset = (widest - len(r)) * (BOX_WIDTH + COLUMN_GAP) / 2
-        for j, key in enumerate(r):
-            corners[key] = (MARGIN + offset + j * (BOX_WIDTH + COLUMN_GAP),
-                            MARGIN + i * (BOX_HEIGHT + ROW_GAP))
-    return corners
+
+    def width_of(key: str) -> float:
+        return SLOT_WIDTH if key.startswith("\0") else BOX_WIDTH
+
+    row_widths = [sum(width_of(k) for k in r) + COLUMN_GAP * (len(r) - 1) for r in rows]
+    widest = max(row_widths, default=BOX_WIDTH)
+    left: dict[str, float] = {}
+    for r, total in zip(rows, row_widths):
+        x = MARGIN + (widest - total) / 2
+        for key in r:
+            left[key] = x
+            x += width_of(key) + COLUMN_GAP
+    corners = {b.key: (left[b.key], float(MARGIN + row[b.key] * (BOX_HEIGHT + ROW_GAP)))
+               for b in boxes}
+    bends = {edge: [left[d] + SLOT_WIDTH / 2 for d in dummies]
+             for edge, dummies in chains.items()}
+    return Layout(corners, bends, widest + 2 * MARGIN,
+                  len(rows) * (BOX_HEIGHT + ROW_GAP) - ROW_GAP + 2 * MARGIN)
 
 
 def _fit(text: str, chars: int = CHARS_PER_LINE) -> str:
@@ -125,9 +164,9 @@ def _fit(text: str, chars: int = CHARS_PER_LINE) -> str:
 
 def graph_svg(boxes: Sequence[Box], title: str = "") -> str:
     """The SVG text of ``boxes`` laid out by ``layout``."""
-    corners = layout(boxes)
-    width = max((x for x, _ in corners.values()), default=0) + BOX_WIDTH + MARGIN
-    height = max((y for _, y in corners.values()), default=0) + BOX_HEIGHT + MARGIN
+    placed = layout(boxes)
+    corners = placed.corners
+    width, height = placed.width, placed.height
     top = 22 if title else 0
     height += top
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="deltaprop-graph" '
@@ -149,12 +188,22 @@ def graph_svg(boxes: Sequence[Box], title: str = "") -> str:
             if src not in corners:
                 continue
             x0, y0 = corners[src]
-            ax, ay = x0 + BOX_WIDTH / 2, y0 + BOX_HEIGHT
-            bx, by = x1 + BOX_WIDTH * (i + 1) / (n + 1), y1
-            bend = (by - ay) / 2
-            edges.append(f'<path class="edge" d="M{ax:.1f},{ay:.1f} C{ax:.1f},{ay + bend:.1f} '
-                         f'{bx:.1f},{by - bend:.1f} {bx:.1f},{by - 1:.1f}" fill="none" '
+            points = [(x0 + BOX_WIDTH / 2, y0 + BOX_HEIGHT)]
+            for k, x in enumerate(placed.bends.get((box.key, i), ())):
+                row_top = y0 + (k + 1) * (BOX_HEIGHT + ROW_GAP)
+                points += [(x, row_top), (x, row_top + BOX_HEIGHT)]
+            points.append((x1 + BOX_WIDTH * (i + 1) / (n + 1), y1 - 1))
+            path = [f"M{points[0][0]:.1f},{points[0][1]:.1f}"]
+            for (ax, ay), (bx, by) in itertools.pairwise(points):
+                if ax == bx:
+                    path.append(f"L{bx:.1f},{by:.1f}")
+                else:
+                    bend = (by - ay) / 2
+                    path.append(f"C{ax:.1f},{ay + bend:.1f} {bx:.1f},{by - bend:.1f} "
+                                f"{bx:.1f},{by:.1f}")
+            edges.append(f'<path class="edge" d="{" ".join(path)}" fill="none" '
                          f'stroke="#555" marker-end="url(#arrow)"/>')
+            (ax, ay), (bx, by) = points[0], points[1]
             mx, my = (ax + bx) / 2, (ay + by) / 2
             w = 6.2 * len(label) + 6
             labels.append(f'<g class="edge-label"><rect x="{mx - w / 2:.1f}" '
@@ -190,3 +239,10 @@ def network_svg(graph: Graph, *, fused: bool = False) -> str:
     steps = graph.plan.steps if fused else None
     return graph_svg(boxes_of(graph, steps),
                      f"{graph.name}: {len(graph.steps)} nodes, {graph.n_params:,} parameters")
+
+
+def save_network_svg(graph: Graph, path: str | os.PathLike[str], *, fused: bool = False
+                     ) -> None:
+    """Write ``network_svg`` to ``path`` atomically (an old file survives a failed write)."""
+    with atomic_write(path) as handle:
+        handle.write(network_svg(graph, fused=fused).encode())

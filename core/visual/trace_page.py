@@ -93,6 +93,11 @@ class Trace:
         with atomic_write(path) as handle:
             handle.write(self.to_html().encode())
 
+    def save_json(self, path: str | os.PathLike[str]) -> None:
+        """Write ``to_dict()`` as JSON to ``path`` atomically."""
+        with atomic_write(path) as handle:
+            handle.write(json.dumps(self.to_dict(), indent=1).encode())
+
     def __str__(self) -> str:
         return self.table()
 
