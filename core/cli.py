@@ -30,10 +30,12 @@ from .testing.kit import conformance_results, layers_of_distribution
 from .testing.scaffold import create_plugin
 from .training.checkpoint import TrainingInterrupted, checkpoint_path
 from .training.distributed import run_on_ranks
+from .training.gradient_flow import GradientFlow
 from .training.loop import check_data
 from .training.losses import OutputLosses
 from .training.progress import show_progress
 from .visual.curves import save_learning_curves
+from .visual.gradient_flow import save_gradient_flow
 from .visual.graph_svg import save_network_svg
 
 EXIT_ERROR = 2
@@ -141,7 +143,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (where the checkpoint is)")
     for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json"),
-                         (args.plot, "--plot")):
+                         (args.plot, "--plot"), (args.plot_gradients, "--plot-gradients")):
         check_writable(path, option)
     setup = training_setup(args, args.lr)
     net, data, train, seed = setup.net, setup.data, setup.train, setup.seed
@@ -167,12 +169,13 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     # --plot's held-out curves are those of the test set, evaluated after every epoch
     validation = (data.x_test, data.y_test) if args.plot else None
     loss = train.get("loss", "softmax_cross_entropy")
+    flow = GradientFlow(net) if args.plot_gradients else None
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       loss_weights=train.get("loss_weights"),
                       epochs=epochs, batch_size=batch_size, seed=seed, validation=validation,
                       progress=False if args.no_progress else None,
                       detect_anomaly=args.detect_anomaly, distributed=distributed,
-                      bptt=train.get("bptt"), **resumable)
+                      bptt=train.get("bptt"), hooks=[flow] if flow else [], **resumable)
     seconds = time.perf_counter() - start
     metrics = net.evaluate(data.x_test, data.y_test, loss=loss, distributed=distributed,
                            loss_weights=train.get("loss_weights"))
@@ -190,6 +193,11 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
                              title=f"{net.name} on {data.name}, {optimizer.name} "
                                    f"lr={optimizer.lr}, batch {batch_size}")
         print(f"learning curves written to {args.plot}")
+    if flow is not None and writer:
+        save_gradient_flow(flow, args.plot_gradients,
+                           title=f"gradient norms of {net.name} on {data.name}, "
+                                 f"{optimizer.name} lr={optimizer.lr}")
+        print(f"gradient flow written to {args.plot_gradients}")
     if args.metrics_json and writer:
         report: dict[str, Any] = {
             "test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
@@ -365,6 +373,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", metavar="FILE.svg",
                        help="write the learning curves (loss, and test loss and accuracy "
                             "after every epoch) to this SVG file")
+    train.add_argument("--plot-gradients", metavar="FILE.svg",
+                       help="write each layer's gradient norm per epoch to this SVG file")
     train.add_argument("--memory-report", action="store_true",
                        help="list per node the bytes cached for backward and why, and the peak")
     train.add_argument("--no-fuse", action="store_true",
