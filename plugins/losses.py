@@ -12,6 +12,11 @@ from deltaprop.errors import DataError
 from deltaprop.loss import Loss
 
 
+def _batch_of(shape: tuple[int, ...]) -> str:
+    """``(B, 10)``: a prediction shape with the batch axis named."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
 class MSE(Loss):
     """Mean squared error over all elements (PyTorch's ``MSELoss`` convention)."""
 
@@ -26,7 +31,7 @@ class MSE(Loss):
         return cache * (2.0 / cache.size)
 
     def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
-        return f"Δ = 2 (ŷ - y) / n, n the elements of the batch; ŷ (B, *{prediction_shape})"
+        return f"Δ = 2 (ŷ - y) / n, n the elements of the batch; ŷ {_batch_of(prediction_shape)}"
 
 
 class ClassTargets(Loss):
@@ -146,7 +151,7 @@ class SoftmaxCrossEntropy(ClassTargets):
 
     def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
         return (f"Δ = (softmax(z) - onehot(y)) / N, on the logits z, N the positions of "
-                f"the batch; z (B, *{prediction_shape})")
+                f"the batch; z {_batch_of(prediction_shape)}")
 
 
 def _rows(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +194,8 @@ class CrossEntropy(ClassTargets):
         return (e / e.sum(axis=-1, keepdims=True)).astype(dtype)
 
     def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
-        return f"Δ = -onehot(y) / (p · N), N the positions of the batch; p (B, *{prediction_shape})"
+        return (f"Δ = -onehot(y) / (p · N), N the positions of the batch; "
+                f"p {_batch_of(prediction_shape)}")
 
 
 class BinaryCrossEntropy(Loss):
@@ -238,8 +244,8 @@ class BinaryCrossEntropy(Loss):
 
     def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
         if self.from_logits:
-            return f"Δ = (σ(z) - y) / n, on the logits z; z (B, *{prediction_shape})"
-        return f"Δ = (p - y) / (p (1 - p) n); p (B, *{prediction_shape})"
+            return f"Δ = (σ(z) - y) / n, on the logits z; z {_batch_of(prediction_shape)}"
+        return f"Δ = (p - y) / (p (1 - p) n); p {_batch_of(prediction_shape)}"
 
 
 @hookimpl
