@@ -295,3 +295,15 @@ def test_every_builtin_layer_family_describes_its_rule():
         assert rule and "Δ" in rule, name
     for name in ("mse", "softmax_cross_entropy", "cross_entropy", "binary_cross_entropy"):
         assert "Δ" in dp.create_loss(name).describe_backward((3,)), name
+
+
+def test_histograms_count_like_numpy(rng):
+    from deltaprop.graph.trace import BINS, histogram
+    for a in (rng.standard_normal(5000).astype("float32"), rng.random((7, 9)),
+              np.maximum(rng.standard_normal(300), 0)):
+        h = histogram(a)
+        expected, _ = np.histogram(a, bins=BINS, range=(a.min(), a.max()))
+        assert h["counts"] == list(expected)
+        assert (h["low"], h["high"]) == (a.min(), a.max())
+    assert histogram(np.full(4, 2.0))["counts"] == [4]
+    assert histogram(np.array([1.0, np.nan]))["counts"] == []

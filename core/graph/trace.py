@@ -41,16 +41,22 @@ def statistics(a: np.ndarray) -> dict[str, float]:
             "min": float(a.min()), "max": float(a.max())}
 
 
-def histogram(a: np.ndarray) -> dict[str, Any]:
-    """Counts of ``a``'s values in ``BINS`` equal bars between its minimum and maximum."""
+def histogram(a: np.ndarray, low: float | None = None, high: float | None = None
+              ) -> dict[str, Any]:
+    """Counts of ``a``'s values in ``BINS`` equal bars between its minimum and maximum
+    (``low`` and ``high`` when already known)."""
     if not a.size:
         return {"low": 0.0, "high": 0.0, "counts": []}
-    low, high = float(a.min()), float(a.max())
+    low = float(a.min()) if low is None else low
+    high = float(a.max()) if high is None else high
     if not (np.isfinite(low) and np.isfinite(high)):
         return {"low": low, "high": high, "counts": []}
     if high == low:
         return {"low": low, "high": high, "counts": [int(a.size)]}
-    counts, _ = np.histogram(a, bins=BINS, range=(low, high))
+    # the bar of each value by one multiply, then a count: several times np.histogram's speed
+    scaled = (a.reshape(-1) - a.dtype.type(low)) * a.dtype.type(BINS / (high - low))
+    bars = np.minimum(scaled.astype(np.intp), BINS - 1)
+    counts = np.bincount(bars, minlength=BINS)
     return {"low": low, "high": high, "counts": [int(c) for c in counts]}
 
 
@@ -242,7 +248,7 @@ class TraceRecorder(Hook):
         main = np.asarray(outputs[0])
         if main.dtype.kind == "f":
             node.forward = statistics(main)
-            node.output_histogram = histogram(main)
+            node.output_histogram = histogram(main, node.forward["min"], node.forward["max"])
             last = step.nodes[-1].layer
             found = last.saturation(main) if last is not None else None
             if found is not None:
