@@ -235,6 +235,10 @@ def test_an_evaluation_after_the_step_keeps_the_trace(batch):
         net.predict(x)
     assert t.to_dict() == before
     assert net.hooks == []  # the block removed its recorder
+    with net.trace() as t:
+        net.train_step(x, labels, loss="softmax_cross_entropy", optimizer="sgd")
+        last = net.train_step(x, labels, loss="softmax_cross_entropy", optimizer="sgd")
+    assert t.to_dict()["steps_recorded"] == 2 and t.loss == pytest.approx(last)
 
 
 class NoRule(dp.Layer):

@@ -63,8 +63,9 @@ def histogram(a: np.ndarray, low: float | None = None, high: float | None = None
 def norm(a: np.ndarray) -> float:
     """The Euclidean (Frobenius) norm of an array of any shape."""
     flat = a.reshape(-1)
-    return float(np.sqrt(np.dot(flat, flat))) if flat.dtype.kind == "f" else float(
-        np.linalg.norm(flat))
+    if flat.dtype in (np.float32, np.float64):  # a dot product: no squared copy
+        return float(np.sqrt(np.dot(flat, flat)))
+    return float(np.linalg.norm(flat.astype(np.float64)))
 
 
 @dataclass
@@ -101,7 +102,6 @@ class _Record:
 
     def __init__(self, nodes: list[NodeTrace], seeds: dict[int, str]) -> None:
         self.nodes = nodes
-        self.by_index = dict(enumerate(nodes))
         self.seeds = seeds  # slot a loss delta enters -> output name
         self.loss: float | None = None
         self.losses: list[dict[str, Any]] = []  # {"output", "loss", "reads", ...}
@@ -121,7 +121,7 @@ class TraceRecorder(Hook):
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.plan = graph.plan
-        self.steps_seen = 0  # backward passes watched
+        self.steps_recorded = 0  # backward passes watched; the last one is shown
         self._current: _Record | None = None
         self._done: _Record | None = None
         self._producer: dict[int, tuple[int, int]] = {}
@@ -268,7 +268,7 @@ class TraceRecorder(Hook):
             return
         if record is not self._done:  # the first backward: this step is the one shown
             self._done = record
-            self.steps_seen += 1
+            self.steps_recorded += 1
         readers = self._readers(record)
         node = record.nodes[step.index]
         back = node.backward
@@ -328,6 +328,7 @@ class TraceRecorder(Hook):
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable data: the network, the loss and every node."""
         return {"network": self.graph.name, "loss": self.loss, "losses": list(self.losses),
+                "steps_recorded": self.steps_recorded,
                 "batch": self.nodes[0].output_shapes[0][0] if self.nodes
                 and self.nodes[0].output_shapes and self.nodes[0].output_shapes[0] else None,
                 "options": {"fuse": self.plan.fuse, "plan_memory": self.plan.plan_memory,
