@@ -241,7 +241,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         data = load_data("digits")
         net = load_spec(default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes))
-    print(net.summary())
+    net.summary()
     if args.out:
         save_network_svg(net, args.out, fused=args.fused)
         print(f"picture written to {args.out}")

@@ -78,16 +78,18 @@ def test_layout_rows_follow_the_longest_path_and_boxes_do_not_overlap():
     assert not xa <= bend_a <= xa + 176 and not xb <= bend_b <= xb + 176
 
 
-def test_summary_is_a_keras_style_table():
+def test_summary_prints_a_keras_style_table(capsys):
     net = dp.load_spec(EXAMPLES / "two_towers.json", seed=0)
     text = net.summary()
+    assert capsys.readouterr().out == text + "\n"
+    assert net.summary(print_fn=None) == text and capsys.readouterr().out == ""
     lines = text.splitlines()
     assert lines[0].split() == ["node", "layer", "output", "shape", "params", "inputs"]
     joined = next(line for line in lines if line.startswith("joined"))
     assert "concat" in joined and "top_act, bottom_act" in joined
     assert "(None, 32), (None, 32)" in text  # split's two outputs
     assert lines[-1] == f"total parameters: {net.n_params}"
-    assert repr(text) == text  # shows as a table in a REPL
+    assert repr(text) == ""  # printed already: a REPL does not echo it
 
 
 def test_show_prints_the_summary_and_writes_the_svg(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,10 +32,10 @@ from .topology import assign_names, order_nodes
 
 
 class Summary(str):
-    """Text that shows as itself in a REPL or notebook, not as a quoted string."""
+    """The text of ``Graph.summary``, already printed: a REPL does not echo it again."""
 
     def __repr__(self) -> str:
-        return str(self)
+        return ""
 
 
 class Graph:
@@ -213,9 +213,10 @@ class Graph:
         """The network as a spec dict; ``deltaprop.load_spec`` rebuilds it."""
         return graph_to_spec(self)
 
-    def summary(self) -> str:
-        """A Keras-style table: node, layer, output shape, parameters (a shared layer's
-        counted at its first node) and the nodes it reads; shown as text in a REPL."""
+    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
+        """Print a Keras-style table (node, layer, output shape, parameters, a shared
+        layer's counted at its first node, and the nodes each reads) with ``print_fn``
+        (None: print nothing) and return its text."""
         rows = [("node", "layer", "output shape", "params", "inputs")]
         for t in self.inputs:
             rows.append((t.node.name or "", "input", str((None, *t.shape)), "", ""))
@@ -238,7 +239,10 @@ class Graph:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.append(f"total parameters: {self.n_params}")
-        return Summary("\n".join(lines))
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return Summary(text)
 
     def __repr__(self) -> str:
         return (f"<Network {self.name!r}: {len(self.inputs)} input(s), {len(self.steps)} "
