@@ -146,3 +146,17 @@ def test_trace_errors_are_the_one_line_errors_of_train(tmp_path, args, message):
         assert message in result.stderr, (command, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "trace.html").exists()
+
+
+def test_names_are_escaped_in_the_page_and_the_picture(rng):
+    with seeded(0):
+        x = dp.Input((3,), name='a"<b>&')
+        y = dp.create("dense", units=2)(x, name='d"</script><i>')
+    net = dp.Network(x, y)
+    ET.fromstring(net.to_svg())  # well-formed
+    with net.trace() as t:
+        net.train_step(rng.standard_normal((4, 3)), np.zeros(4, int),
+                       loss="softmax_cross_entropy", optimizer="sgd")
+    html = t.to_html()
+    assert "</script><i>" not in html and '"<b>&' not in html
+    assert """data-node='d"&lt;/script&gt;&lt;i&gt;'""" in html

@@ -13,7 +13,7 @@ import json
 import math
 import os
 from typing import Any
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 from ..graph.report import fmt_bytes
 from ..graph.trace import NodeTrace, TraceRecorder
@@ -143,7 +143,7 @@ def _rows(pairs: list[tuple[str, str]]) -> str:
 def panel_html(node: dict[str, Any], index: int) -> str:
     """The panel of one node of a trace's ``to_dict()``."""
     parts = " + ".join(f"{p['name']} ({p['layer']})" for p in node["parts"])
-    out = [f'<section class="panel" id="panel-{index}" data-node="{escape(node["name"])}">',
+    out = [f'<section class="panel" id="panel-{index}" data-node={quoteattr(node["name"])}>',
            f'<h2>{escape(node["name"])} <small>{escape(node["layer"])}</small></h2>']
     notes = []
     if node["fused"]:
