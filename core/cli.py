@@ -89,49 +89,6 @@ def check_writable(path: str | None, option: str) -> None:
         raise ConfigError(f"{option} {path!r}: folder {folder!r} is not writable")
 
 
-@dataclass
-class TrainingSetup:
-    """What ``train`` and ``trace`` build from the command line before any step runs."""
-
-    net: Network
-    data: Dataset
-    train: dict[str, Any]  # the spec's [train] table
-    seed: int
-    optimizer: Optimizer
-    batch_size: int
-
-
-def training_setup(args: argparse.Namespace, lr: float | None) -> TrainingSetup:
-    """The network (``args.spec``, or the default one for the data), the data reshaped
-    to its input, the optimizer and batch size: checked, with one-line errors."""
-    data = load_data(args.data)
-    if args.spec:
-        spec = read_spec_file(args.spec)
-    else:
-        spec = default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes)
-    train = dict(spec.get("train") or {})
-    seed = args.seed if args.seed is not None else train.get("seed", 0)
-    source = f"spec file {str(args.spec)!r}" if args.spec else None
-    net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
-    data = data.reshaped(net.input_shapes[0])
-    batch_size = _positive(args.batch_size if args.batch_size is not None
-                           else train.get("batch_size", 32), "batch_size")
-    try:
-        losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
-                              train.get("loss_weights"))
-        optimizer = build_optimizer(train, lr)
-    except DeltapropError as exc:
-        raise ConfigError(f"{source or 'the default network'}: [train] table: {exc}") from None
-    if len(net.outputs) != 1:
-        raise ConfigError(f"{source or 'the default network'}: network {net.name!r} has "
-                          f"{len(net.outputs)} outputs ({', '.join(net.output_names)}), and "
-                          f"data {data.name!r} has one target array; train a network of "
-                          f"several outputs from Python, with one target per output")
-    check_data(net, [data.x_test], data.y_test, losses, f"test data of {data.name!r}")
-    net.configure(fuse=not args.no_fuse, recompute=args.recompute)
-    return TrainingSetup(net, data, train, seed, optimizer, batch_size)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     if args.distributed:  # every rank runs the same command; see deltaprop.distributed
         return run_on_ranks(_train, args, timeout=args.mpi_timeout)
@@ -207,6 +164,49 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
         with atomic_write(args.metrics_json) as handle:
             handle.write(json.dumps(report, indent=2).encode())
     return 0
+
+
+@dataclass
+class TrainingSetup:
+    """What ``train`` and ``trace`` build from the command line before any step runs."""
+
+    net: Network
+    data: Dataset
+    train: dict[str, Any]  # the spec's [train] table
+    seed: int
+    optimizer: Optimizer
+    batch_size: int
+
+
+def training_setup(args: argparse.Namespace, lr: float | None) -> TrainingSetup:
+    """The network (``args.spec``, or the default one for the data), the data reshaped
+    to its input, the optimizer and batch size: checked, with one-line errors."""
+    data = load_data(args.data)
+    if args.spec:
+        spec = read_spec_file(args.spec)
+    else:
+        spec = default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes)
+    train = dict(spec.get("train") or {})
+    seed = args.seed if args.seed is not None else train.get("seed", 0)
+    source = f"spec file {str(args.spec)!r}" if args.spec else None
+    net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
+    data = data.reshaped(net.input_shapes[0])
+    batch_size = _positive(args.batch_size if args.batch_size is not None
+                           else train.get("batch_size", 32), "batch_size")
+    try:
+        losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
+                              train.get("loss_weights"))
+        optimizer = build_optimizer(train, lr)
+    except DeltapropError as exc:
+        raise ConfigError(f"{source or 'the default network'}: [train] table: {exc}") from None
+    if len(net.outputs) != 1:
+        raise ConfigError(f"{source or 'the default network'}: network {net.name!r} has "
+                          f"{len(net.outputs)} outputs ({', '.join(net.output_names)}), and "
+                          f"data {data.name!r} has one target array; train a network of "
+                          f"several outputs from Python, with one target per output")
+    check_data(net, [data.x_test], data.y_test, losses, f"test data of {data.name!r}")
+    net.configure(fuse=not args.no_fuse, recompute=args.recompute)
+    return TrainingSetup(net, data, train, seed, optimizer, batch_size)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
