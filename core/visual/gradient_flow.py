@@ -100,7 +100,8 @@ def gradient_flow_svg(flow: GradientFlow, title: str = "") -> str:
     def qx(i: int) -> float:
         return x0 + LEFT + (width / 2 if len(layers) <= 1 else i / (len(layers) - 1) * width)
 
-    for i in range(len(layers)):
+    every = max(1, math.ceil(len(layers) / 12))  # at most about 12 labels
+    for i in range(0, len(layers), every):
         body.append(f'<text x="{qx(i):.1f}" y="{TOP + height + 16}" text-anchor="middle">'
                     f'{i + 1}</text>')
     for which, dash in ((0, ' stroke-dasharray="5,3"'), (-1, "")):
@@ -109,21 +110,21 @@ def gradient_flow_svg(flow: GradientFlow, title: str = "") -> str:
         points = [(qx(i), y) for i, layer in enumerate(layers)
                   if len(flow.norms[layer]) and (y := py(flow.norms[layer][which])) is not None]
         body.extend(_line(points, "#444", "across", dash))
-    legend_y = TOP + height + 4
     body.append(f'<line x1="{x0 + LEFT + 8}" y1="{TOP + 12}" x2="{x0 + LEFT + 26}" '
                 f'y2="{TOP + 12}" stroke="#444" stroke-dasharray="5,3" stroke-width="2"/>'
                 f'<text x="{x0 + LEFT + 30}" y="{TOP + 16}">epoch 1</text>'
                 f'<line x1="{x0 + LEFT + 8}" y1="{TOP + 28}" x2="{x0 + LEFT + 26}" '
                 f'y2="{TOP + 28}" stroke="#444" stroke-width="2"/>'
                 f'<text x="{x0 + LEFT + 30}" y="{TOP + 32}">epoch {max(epochs, 1)}</text>')
-    # the legend: one colour per layer, numbered as on the right
+    # the legend: one colour per layer, numbered as on the right; closer for many layers
+    spacing = min(15.0, (height + BOTTOM - 12) / max(len(layers), 1))
+    size = min(11.0, spacing - 1)
     for i, layer in enumerate(layers):
-        y = TOP + 8 + 15 * i
-        if y > legend_y:
-            break
-        body.append(f'<line x1="{WIDTH + 6}" y1="{y - 4}" x2="{WIDTH + 22}" y2="{y - 4}" '
-                    f'stroke="{colour(i, len(layers))}" stroke-width="3"/>'
-                    f'<text x="{WIDTH + 26}" y="{y}">{i + 1} {escape(layer[:18])}</text>')
+        y = TOP + 8 + spacing * i
+        body.append(f'<line x1="{WIDTH + 6}" y1="{y - size / 3:.1f}" x2="{WIDTH + 22}" '
+                    f'y2="{y - size / 3:.1f}" stroke="{colour(i, len(layers))}" '
+                    f'stroke-width="3"/><text x="{WIDTH + 26}" y="{y:.1f}" '
+                    f'font-size="{size:.1f}">{i + 1} {escape(layer[:18])}</text>')
     total_width = 2 * WIDTH + LEGEND_WIDTH
     total_height = HEIGHT + (20 if title else 0)
     lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_width}" '
