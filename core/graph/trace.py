@@ -57,7 +57,7 @@ def histogram(a: np.ndarray, low: float | None = None, high: float | None = None
     scaled = (a.reshape(-1) - a.dtype.type(low)) * a.dtype.type(BINS / (high - low))
     bars = np.minimum(scaled.astype(np.intp), BINS - 1)
     counts = np.bincount(bars, minlength=BINS)
-    return {"low": low, "high": high, "counts": [int(c) for c in counts]}
+    return {"low": low, "high": high, "counts": counts.tolist()}
 
 
 def norm(a: np.ndarray) -> float:
