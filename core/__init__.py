@@ -9,13 +9,14 @@ are in ``pyproject.toml``, checked by ``lint-imports``):
 
     cli                          the ``deltaprop`` command
     testing                      the conformance kit, its pytest plugin, the scaffold
-    io, visual                   spec files, model files, data sets; SVG drawings
+    io                           spec files, model files, data sets
     export                       ONNX export (the onnx package imported only then)
     network                      Network (a graph that trains), Sequential
+    visual                       SVG drawings, the trace page (Network draws itself)
     training                     the one step and loop, checkpoints, anomaly
                                  detection, truncated BPTT, MPI
     storage                      the npz container and the model file format
-    graph                        Graph: nodes, parameters, plan; memory report
+    graph                        Graph: nodes, parameters, plan; memory report, trace
     execution                    plan, passes, memory planning, executor, hooks
     registry                     plugin discovery
     layer, loss, optimizer,      the protocols plugins implement

@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -19,19 +20,24 @@ import numpy as np
 from .errors import ConfigError, DeltapropError, blamed_on
 from .execution.allocator import retain_freed_memory
 from .export import DEFAULT_OPSET, export_onnx
-from .io.data import describe, load_data
+from .io.data import Dataset, describe, load_data
 from .io.model import load, save
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
+from .network import Network
+from .optimizer import Optimizer
 from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
 from .storage.files import atomic_write, write_target
 from .testing.kit import conformance_results, layers_of_distribution
 from .testing.scaffold import create_plugin
 from .training.checkpoint import TrainingInterrupted, checkpoint_path
 from .training.distributed import run_on_ranks
+from .training.gradient_flow import GradientFlow
 from .training.loop import check_data
 from .training.losses import OutputLosses
 from .training.progress import show_progress
 from .visual.curves import save_learning_curves
+from .visual.gradient_flow import save_gradient_flow
+from .visual.graph_svg import save_network_svg
 
 EXIT_ERROR = 2
 PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
@@ -127,38 +133,12 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint DIR (where the checkpoint is)")
     for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json"),
-                         (args.plot, "--plot")):
+                         (args.plot, "--plot"), (args.plot_gradients, "--plot-gradients")):
         check_writable(path, option)
-    data = load_data(args.data)
-    if args.spec:
-        spec = read_spec_file(args.spec)
-    else:
-        check_class_count(data)
-        spec = default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes)
-    if not isinstance(spec.get("train") or {}, dict):
-        raise ConfigError(f"spec file {str(args.spec)!r}: [train] must be a table")
-    train = dict(spec.get("train") or {})
-    seed = _setting(args.seed, "--seed", train, "seed", 0, low=0)
-    source = f"spec file {str(args.spec)!r}" if args.spec else None
-    net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
-    data = data.reshaped(net.input_shapes[0])
+    setup = training_setup(args, args.lr)
+    net, data, train, seed = setup.net, setup.data, setup.train, setup.seed
+    optimizer, batch_size = setup.optimizer, setup.batch_size
     epochs = _setting(args.epochs, "--epochs", train, "epochs", 10)
-    batch_size = _setting(args.batch_size, "--batch-size", train, "batch_size", 32)
-    if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
-        raise ConfigError(f"--lr must be a finite positive number, got {args.lr!r}")
-    try:
-        losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
-                              train.get("loss_weights"))
-        optimizer = build_optimizer(train, args.lr)
-    except DeltapropError as exc:
-        raise ConfigError(f"{source or 'the default network'}: [train] table: {exc}") from None
-    if len(net.outputs) != 1:
-        raise ConfigError(f"{source or 'the default network'}: network {net.name!r} has "
-                          f"{len(net.outputs)} outputs ({', '.join(net.output_names)}), and "
-                          f"data {data.name!r} has one target array; train a network of "
-                          f"several outputs from Python, with one target per output")
-    check_data(net, [data.x_test], data.y_test, losses, f"test data of {data.name!r}")
-    net.configure(fuse=not args.no_fuse, recompute=args.recompute)
     print(describe(data))
     print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
           f"{optimizer.name} lr={optimizer.lr}, {epochs} epochs, batch {batch_size}")
@@ -178,12 +158,13 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     # --plot's held-out curves are those of the test set, evaluated after every epoch
     validation = (data.x_test, data.y_test) if args.plot else None
     loss = train.get("loss", "softmax_cross_entropy")
+    flow = GradientFlow(net) if args.plot_gradients else None
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       loss_weights=train.get("loss_weights"),
                       epochs=epochs, batch_size=batch_size, seed=seed, validation=validation,
                       progress=False if args.no_progress else None,
                       detect_anomaly=args.detect_anomaly, distributed=distributed,
-                      bptt=train.get("bptt"), **resumable)
+                      bptt=train.get("bptt"), hooks=[flow] if flow else [], **resumable)
     seconds = time.perf_counter() - start
     metrics: dict[str, Any] = {"loss": None}
     if len(data.x_test):
@@ -204,6 +185,11 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
                              title=f"{net.name} on {data.name}, {optimizer.name} "
                                    f"lr={optimizer.lr}, batch {batch_size}")
         print(f"learning curves written to {args.plot}")
+    if flow is not None and writer:
+        save_gradient_flow(flow, args.plot_gradients,
+                           title=f"gradient norms of {net.name} on {data.name}, "
+                                 f"{optimizer.name} lr={optimizer.lr}")
+        print(f"gradient flow written to {args.plot_gradients}")
     if args.metrics_json and writer:
         report: dict[str, Any] = {
             "test_accuracy": metrics.get("accuracy"), "test_loss": metrics["loss"],
@@ -212,6 +198,92 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
             report["memory"] = memory.as_dict()
         with atomic_write(args.metrics_json) as handle:
             handle.write(json.dumps(json_safe(report), indent=2, allow_nan=False).encode())
+    return 0
+
+
+@dataclass
+class TrainingSetup:
+    """What ``train`` and ``trace`` build from the command line before any step runs."""
+
+    net: Network
+    data: Dataset
+    train: dict[str, Any]  # the spec's [train] table
+    seed: int
+    optimizer: Optimizer
+    batch_size: int
+
+
+def training_setup(args: argparse.Namespace, lr: float | None) -> TrainingSetup:
+    """The network (``args.spec``, or the default one for the data), the data reshaped
+    to its input, the optimizer and batch size: checked, with one-line errors."""
+    data = load_data(args.data)
+    if args.spec:
+        spec = read_spec_file(args.spec)
+    else:
+        check_class_count(data)
+        spec = default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes)
+    if not isinstance(spec.get("train") or {}, dict):
+        raise ConfigError(f"spec file {str(args.spec)!r}: [train] must be a table")
+    train = dict(spec.get("train") or {})
+    seed = _setting(args.seed, "--seed", train, "seed", 0, low=0)
+    source = f"spec file {str(args.spec)!r}" if args.spec else None
+    net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
+    data = data.reshaped(net.input_shapes[0])
+    batch_size = _setting(args.batch_size, "--batch-size", train, "batch_size", 32)
+    if lr is not None and not (np.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr must be a finite positive number, got {lr!r}")
+    try:
+        losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
+                              train.get("loss_weights"))
+        optimizer = build_optimizer(train, lr)
+    except DeltapropError as exc:
+        raise ConfigError(f"{source or 'the default network'}: [train] table: {exc}") from None
+    if len(net.outputs) != 1:
+        raise ConfigError(f"{source or 'the default network'}: network {net.name!r} has "
+                          f"{len(net.outputs)} outputs ({', '.join(net.output_names)}), and "
+                          f"data {data.name!r} has one target array; train a network of "
+                          f"several outputs from Python, with one target per output")
+    check_data(net, [data.x_test], data.y_test, losses, f"test data of {data.name!r}")
+    net.configure(fuse=not args.no_fuse, recompute=args.recompute)
+    return TrainingSetup(net, data, train, seed, optimizer, batch_size)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """One training step on the first batch, recorded node by node."""
+    for path, option in ((args.out, "--out"), (args.json, "--json")):
+        check_writable(path, option)
+    setup = training_setup(args, None)
+    net, data, train = setup.net, setup.data, setup.train
+    x, y = data.x_train[:setup.batch_size], data.y_train[:setup.batch_size]
+    with net.trace() as trace:
+        net.train_step(x, y, loss=train.get("loss", "softmax_cross_entropy"),
+                       optimizer=setup.optimizer, loss_weights=train.get("loss_weights"))
+    print(f"network {net.name!r} on {data.name}, one {setup.optimizer.name} step on the "
+          f"first {len(x)} samples")
+    print(trace.table())
+    if args.out:
+        trace.save(args.out)
+        print(f"trace page written to {args.out}")
+    if args.json:
+        trace.save_json(args.json)
+        print(f"trace data written to {args.json}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """The summary table of a network, and its picture as SVG."""
+    check_writable(args.out, "--out")
+    if args.network and args.network.lower().endswith(".npz"):
+        net = load(args.network)
+    elif args.network:
+        net = load_spec(read_spec_file(args.network), source=f"spec file {args.network!r}")
+    else:
+        data = load_data("digits")
+        net = load_spec(default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes))
+    net.summary()
+    if args.out:
+        save_network_svg(net, args.out, fused=args.fused)
+        print(f"picture written to {args.out}")
     return 0
 
 
@@ -355,6 +427,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", metavar="FILE.svg",
                        help="write the learning curves (loss, and test loss and accuracy "
                             "after every epoch) to this SVG file")
+    train.add_argument("--plot-gradients", metavar="FILE.svg",
+                       help="write each layer's gradient norm per epoch to this SVG file")
     train.add_argument("--memory-report", action="store_true",
                        help="list per node the bytes cached for backward and why, and the peak")
     train.add_argument("--no-fuse", action="store_true",
@@ -376,6 +450,33 @@ def make_parser() -> argparse.ArgumentParser:
                        help="with --distributed: stop with an error when another rank does not "
                             "join a collective within this time (default 300)")
     train.set_defaults(func=cmd_train)
+
+    trace = sub.add_parser("trace", help="record one training step node by node: values, "
+                                         "deltas, gradients, rules (a table and a page)")
+    trace.add_argument("spec", nargs="?", help="a network spec file (default: the default "
+                                                "network of `deltaprop train`)")
+    trace.add_argument("--data", default="digits",
+                       help="'digits' (bundled), a folder of IDX files, or an .npz file")
+    trace.add_argument("--batch-size", type=int, help="samples of the traced step "
+                                                      "(the first batch of the data)")
+    trace.add_argument("--seed", type=int)
+    trace.add_argument("--out", default="trace.html", metavar="FILE.html",
+                       help="write the trace page here (default trace.html; '' for none)")
+    trace.add_argument("--json", metavar="FILE.json", help="also write the numbers as JSON")
+    trace.add_argument("--no-fuse", action="store_true",
+                       help="run the user graph as written (no fusion passes)")
+    trace.add_argument("--recompute", action="store_true",
+                       help="keep only segment boundaries; recompute the rest in backward")
+    trace.set_defaults(func=cmd_trace)
+
+    show = sub.add_parser("show", help="print a network's summary and draw it as SVG")
+    show.add_argument("network", nargs="?", metavar="SPEC|MODEL",
+                      help="a spec file (.toml, .json) or a saved model (.npz); default: "
+                           "the default network of `deltaprop train`")
+    show.add_argument("--out", metavar="FILE.svg", help="write the picture here")
+    show.add_argument("--fused", action="store_true",
+                      help="draw the plan as it runs (fused nodes as one box)")
+    show.set_defaults(func=cmd_show)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on test data")
     evaluate.add_argument("model")

@@ -248,6 +248,20 @@ class Layer(Configurable):
         final_state)``. No gradient flows into ``state``."""
         raise NotImplementedError(f"layer {self.name!r} carries no state")
 
+    # -- for the trace of a training step (``Network.trace``) ---------------------------
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str | None:
+        """The backward rule in the notation of the docs, with this node's shapes
+        (``input_shapes``, batch left out), shown next to the numbers of a trace; e.g.
+        ``Δx = Δ' · Wᵀ, W (64, 32)``. Δ' is the delta arriving on the output, ⊙ the
+        element-wise product. None (the default): the trace shows only the numbers."""
+        return None
+
+    def saturation(self, output: np.ndarray) -> tuple[str, float] | None:
+        """For an activation, the share of ``output`` where the derivative is (nearly)
+        zero and what that is called (``("saturated", 0.12)``, ``("dead", 0.3)``):
+        the trace shows it. None (the default): nothing to say."""
+        return None
+
     # -- for the conformance kit -----------------------------------------------------
     def cache_allowance(self) -> tuple[float, str] | None:
         """``(factor, why)`` when a training cache needs more than the conformance kit's

@@ -71,5 +71,11 @@ class Loss(Configurable):
         """Targets for predictions of ``shape`` (batch included), for the gradient check."""
         return rng.standard_normal(shape).astype(dtype)
 
+    def describe_backward(self, prediction_shape: tuple[int, ...]) -> str | None:
+        """The delta this loss starts backward from, in the notation of the docs, for
+        predictions of ``prediction_shape`` (batch left out); None (the default) when
+        the loss does not say. Shown at the top of a trace."""
+        return None
+
     def __repr__(self) -> str:
         return f"<loss {self.name!r} {self.get_config()}>"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import GraphError
 from .execution.hooks import Hook
 from .execution.state import CarriedState
 from .graph.graph import Graph
+from .graph.trace import TraceRecorder
 from .layer import Layer
 from .optimizer import Optimizer
 from .tensor import Input, Tensor, seeded
@@ -23,6 +24,8 @@ from .training import loop
 from .training.bptt import SequenceWindows
 from .training.distributed import as_distributed
 from .training.losses import LossSpec
+from .visual.graph_svg import network_svg
+from .visual.trace_page import Trace
 
 Weights = Sequence[float] | Mapping[str, float] | None
 
@@ -81,6 +84,21 @@ class Network(Graph):
                         checkpoint_every=checkpoint_every, detect_anomaly=detect_anomaly,
                         distributed=distributed, bptt=bptt, loss_weights=loss_weights,
                         hooks=hooks)
+
+    @contextlib.contextmanager
+    def trace(self) -> Iterator[Trace]:
+        """Within the block, record the training step run on this network (the last
+        one, when several run): ``t.table()``, ``t.to_dict()``, ``t.save("trace.html")``."""
+        recorder = TraceRecorder(self)
+        with self.hooked(recorder):
+            yield Trace(recorder)
+
+    def to_svg(self, *, fused: bool = False) -> str:
+        """The network as a standalone SVG picture (``fused``: as the plan runs it)."""
+        return network_svg(self, fused=fused)
+
+    def _repr_svg_(self) -> str:  # Jupyter shows a network as its picture
+        return self.to_svg()
 
     def predict(self, x: Any, *, batch_size: int = 256,
                 state: CarriedState | None = None) -> Any:

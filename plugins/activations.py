@@ -66,6 +66,13 @@ class Sigmoid(Activation):
     def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
         return g * y * (1 - y)
 
+    def describe_backward(self, input_shapes: Sequence[tuple[int, ...]]) -> str:
+        return f"Δ = Δ' ⊙ σ′(z), σ′(z) = y ⊙ (1 - y); z, y {tuple(input_shapes[0])}"
+
+    def saturation(self, output: np.ndarray) -> tuple[str, float]:
+        """Outputs within 0.01 of 0 or 1, where σ′ < 0.01."""
+        return "saturated", float(np.mean((output < 0.01) | (output > 0.99)))
+
 
 class Tanh(Activation):
     """tanh, with derivative 1 - y^2."""
@@ -82,6 +89,13 @@ class Tanh(Activation):
 
     def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
         return g * (1 - y * y)
+
+    def describe_backward(self, input_shapes: Sequence[tuple[int, ...]]) -> str:
+        return f"Δ = Δ' ⊙ (1 - y²); z, y {tuple(input_shapes[0])}"
+
+    def saturation(self, output: np.ndarray) -> tuple[str, float]:
+        """Outputs beyond ±0.99, where tanh′ < 0.02."""
+        return "saturated", float(np.mean(np.abs(output) > 0.99))
 
 
 class ReLU(Activation):
@@ -100,6 +114,16 @@ class ReLU(Activation):
 
     def backward_from_output(self, y: np.ndarray, g: np.ndarray) -> np.ndarray:
         return g * (y > 0)
+
+    def describe_backward(self, input_shapes: Sequence[tuple[int, ...]]) -> str:
+        return f"Δ = Δ' ⊙ [y > 0]; z, y {tuple(input_shapes[0])}"
+
+    def saturation(self, output: np.ndarray) -> tuple[str, float]:
+        """Units (positions past the batch axis) that are 0 for every sample of the
+        batch: no delta passes through them."""
+        if output.ndim < 2 or not len(output):
+            return "dead", float(np.mean(output <= 0)) if output.size else 0.0
+        return "dead", float(np.mean(~(output > 0).any(axis=0)))
 
 
 class Softmax(Layer):
@@ -142,6 +166,14 @@ class Softmax(Layer):
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         y, g = cache, grad_outputs[0]
         return (y * (g - (g * y).sum(axis=self.axis, keepdims=True)),), {}
+
+    def describe_backward(self, input_shapes: Sequence[tuple[int, ...]]) -> str:
+        return (f"Δ = y ⊙ (Δ' - Σ_k Δ'_k y_k), the sum over axis {self.axis}; "
+                f"y {tuple(input_shapes[0])}")
+
+    def saturation(self, output: np.ndarray) -> tuple[str, float]:
+        """Distributions with one class above 0.99: Δ is then nearly zero."""
+        return "saturated", float(np.mean(output.max(axis=self.axis) > 0.99))
 
 
 @hookimpl

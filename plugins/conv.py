@@ -642,6 +642,14 @@ class Conv2D(Layer):
             grads["b"] = db
         return (dx,), grads
 
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        W = self.params["W"]
+        rule = ("Δ = Δ' ⋆ᵀ W (each output position's delta spread back over its window "
+                "through the kernels), ∂L/∂W = Δ' ⋆ x (the delta correlated with the input)")
+        if self.use_bias:
+            rule += ", ∂L/∂b = Σ_batch,positions Δ'"
+        return f"{rule}; W {W.shape}, stride {self.stride}, x {tuple(input_shapes[0])}"
+
 
 class Conv1D(Conv2D):
     """1-D cross-correlation over NCL inputs: conv2d with a height of 1.
@@ -850,6 +858,10 @@ class MaxPool2D(_Pool2D):
             out.append((rng.permutation(size) * 0.01).reshape(batch, *shape).astype(dtype))
         return out
 
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        return (f"Δ = Δ' routed to the maximum of each {self.kernel_size} window "
+                f"(stride {self.stride}), 0 elsewhere; x {tuple(input_shapes[0])}")
+
 
 class AvgPool2D(_Pool2D):
     """Mean over each window; padding counts as zeros in the mean (PyTorch's default,
@@ -886,6 +898,11 @@ class AvgPool2D(_Pool2D):
                 target += share
         return (dxp[:, :, geo.pt:geo.pt + geo.H, geo.pl:geo.pl + geo.W],), {}
 
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        kh, kw = self.kernel_size
+        return (f"Δ = Δ' / {kh * kw} spread over each {self.kernel_size} window "
+                f"(stride {self.stride}); x {tuple(input_shapes[0])}")
+
 
 class GlobalAvgPool2D(Layer):
     """Mean over height and width: (C, H, W) -> (C,)."""
@@ -913,6 +930,10 @@ class GlobalAvgPool2D(Layer):
         (g,) = grad_outputs
         share = g * np.asarray(1.0 / (h * w), dtype=g.dtype)
         return (np.repeat(share[:, :, None, None], h * w, axis=2).reshape(cache),), {}
+
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        C, H, W = input_shapes[0]
+        return f"Δ = Δ' / {H * W} at every position of each channel; x {(C, H, W)}"
 
 
 @hookimpl

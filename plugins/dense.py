@@ -67,6 +67,14 @@ class Dense(Layer):
         dx = g @ W.T if needs_grad is None or needs_grad[0] else None
         return (dx,), grads
 
+    def describe_backward(self, input_shapes: Sequence[tuple[int, ...]]) -> str:
+        W = self.params["W"]
+        rule = "Δ = Δ' · Wᵀ, ∂L/∂W = xᵀ · Δ'"
+        if self.use_bias:
+            rule += ", ∂L/∂b = Σ_batch Δ'"
+        out = (*input_shapes[0][:-1], self.units)
+        return f"{rule}; W {W.shape}, x {tuple(input_shapes[0])}, Δ' {out}"
+
 
 @hookimpl
 def deltaprop_register_layers() -> list[type[Layer]]:

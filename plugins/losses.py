@@ -12,6 +12,11 @@ from deltaprop.errors import DataError
 from deltaprop.loss import Loss
 
 
+def _batch_of(shape: tuple[int, ...]) -> str:
+    """``(B, 10)``: a prediction shape with the batch axis named."""
+    return "(" + ", ".join(["B", *map(str, shape)]) + ")"
+
+
 class MSE(Loss):
     """Mean squared error over all elements (PyTorch's ``MSELoss`` convention)."""
 
@@ -24,6 +29,9 @@ class MSE(Loss):
 
     def backward(self, cache: Any) -> np.ndarray:
         return cache * (2.0 / cache.size)
+
+    def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
+        return f"Δ = 2 (ŷ - y) / n, n the elements of the batch; ŷ {_batch_of(prediction_shape)}"
 
 
 class ClassTargets(Loss):
@@ -148,6 +156,10 @@ class SoftmaxCrossEntropy(ClassTargets):
         e /= n
         return value, (e if e.shape == prediction.shape else e.reshape(prediction.shape))
 
+    def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
+        return (f"Δ = (softmax(z) - onehot(y)) / N, on the logits z, N the positions of "
+                f"the batch; z {_batch_of(prediction_shape)}")
+
 
 def _rows(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class scores as (positions, classes) rows, and the targets to match: labels of
@@ -187,6 +199,10 @@ class CrossEntropy(ClassTargets):
                            dtype: str) -> np.ndarray:
         e = np.exp(rng.standard_normal(shape))
         return (e / e.sum(axis=-1, keepdims=True)).astype(dtype)
+
+    def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
+        return (f"Δ = -onehot(y) / (p · N), N the positions of the batch; "
+                f"p {_batch_of(prediction_shape)}")
 
 
 class BinaryCrossEntropy(Loss):
@@ -232,6 +248,11 @@ class BinaryCrossEntropy(Loss):
     def sample_targets(self, rng: np.random.Generator, shape: tuple[int, ...],
                        dtype: str) -> np.ndarray:
         return rng.uniform(0, 1, shape).astype(dtype)
+
+    def describe_backward(self, prediction_shape: tuple[int, ...]) -> str:
+        if self.from_logits:
+            return f"Δ = (σ(z) - y) / n, on the logits z; z {_batch_of(prediction_shape)}"
+        return f"Δ = (p - y) / (p (1 - p) n); p {_batch_of(prediction_shape)}"
 
 
 @hookimpl

@@ -776,6 +776,12 @@ def _split_output_grads(grad_outputs: Sequence[np.ndarray], return_sequences: bo
     return None, d_finals
 
 
+def _shapes_note(layer: Layer, input_shapes: Sequence[Shape]) -> str:
+    """The weight and input shapes a recurrent rule refers to."""
+    p = layer.params
+    return f"W_x {p['W_x'].shape}, W_h {p['W_h'].shape}, x {tuple(input_shapes[0])}"
+
+
 class RNN(Recurrent):
     """Elman RNN: h_t = act(x_t W_x + b_x + h_{t-1} W_h + b_h), act tanh or relu."""
 
@@ -808,6 +814,13 @@ class RNN(Recurrent):
     def activation_name(self) -> str:
         return self.activation
 
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        act = "1 - h_t²" if self.activation == "tanh" else "[h_t > 0]"
+        return ("backpropagation through time, from the last step: δh_t = Δ'_t + δa_{t+1} "
+                f"· W_hᵀ, δa_t = δh_t ⊙ ({act}); Δx_t = δa_t · W_xᵀ, ∂L/∂W_x = Σ_t x_tᵀ · "
+                "δa_t, ∂L/∂W_h = Σ_t h_{t-1}ᵀ · δa_t; "
+                + _shapes_note(self, input_shapes))
+
 
 class LSTM(Recurrent):
     """Long short-term memory: gates i, f, g, o; c_t = f c_{t-1} + i g, h_t = o tanh(c_t)."""
@@ -822,6 +835,14 @@ class LSTM(Recurrent):
          "input_shapes": [(4, 2), (2,), (2,), (1,)]},
     ]
 
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        return ("backpropagation through time, from the last step: δc_t = δh_t ⊙ o_t ⊙ "
+                "(1 - tanh²c_t) + δc_{t+1} ⊙ f_{t+1}; gate deltas δi = δc_t ⊙ g ⊙ i(1-i), "
+                "δf = δc_t ⊙ c_{t-1} ⊙ f(1-f), δg = δc_t ⊙ i ⊙ (1-g²), δo = δh_t ⊙ tanh c_t "
+                "⊙ o(1-o) make δa_t; Δx_t = δa_t · W_xᵀ, δh_{t-1} += δa_t · W_hᵀ, ∂L/∂W_x = "
+                "Σ_t x_tᵀ · δa_t, ∂L/∂W_h = Σ_t h_{t-1}ᵀ · δa_t; "
+                + _shapes_note(self, input_shapes))
+
 
 class GRU(Recurrent):
     """Gated recurrent unit, PyTorch's formulation: n = tanh(x W_xn + b_xn +
@@ -835,6 +856,13 @@ class GRU(Recurrent):
                     "use_lengths": True, "reverse": True},
          "input_shapes": [(4, 3), (2,), ()]},
     ]
+
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        return ("backpropagation through time, from the last step: δn = δh_t ⊙ (1 - z) ⊙ "
+                "(1 - n²), δz = δh_t ⊙ (h_{t-1} - n) ⊙ z(1-z), δr = δn ⊙ (h_{t-1} W_hn + "
+                "b_hn) ⊙ r(1-r); δh_{t-1} = δh_t ⊙ z + δa_t · W_hᵀ (n's part through r); "
+                "Δx_t = δa_t · W_xᵀ, ∂L/∂W_x = Σ_t x_tᵀ · δa_t; "
+                + _shapes_note(self, input_shapes))
 
 
 class Bidirectional(Layer):

@@ -62,6 +62,10 @@ class Add(Layer):
         # the same array for every input: the executor never writes into it in place
         return (grad_outputs[0],) * cache, {}
 
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        return (f"Δ_i = Δ' for each of the {len(input_shapes)} inputs (a sum passes its "
+                f"delta unchanged); Δ' {tuple(input_shapes[0])}")
+
 
 class Concat(Layer):
     """Joins n inputs along ``axis`` (counted with the batch axis as 0, default last)."""
@@ -100,6 +104,10 @@ class Concat(Layer):
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         bounds = np.cumsum(cache)[:-1]
         return tuple(np.split(grad_outputs[0], bounds, axis=self._ax)), {}
+
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        parts = " | ".join(str(tuple(s)) for s in input_shapes)
+        return f"Δ_i = the slice of Δ' input i filled, along axis {self.axis}: {parts}"
 
 
 class Split(Layer):
@@ -153,6 +161,10 @@ class Split(Layer):
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         return (np.concatenate(grad_outputs, axis=self._ax),), {}
 
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        return (f"Δ = the deltas of the parts put side by side along axis {self.axis} "
+                f"(0 for a part nobody read); x {tuple(input_shapes[0])}")
+
 
 class Reshape(Layer):
     """Gives each sample a new shape with the same number of values; one entry may be -1."""
@@ -196,6 +208,9 @@ class Reshape(Layer):
     def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
                  needs_grad: Sequence[bool] | None = None) -> Grads:
         return (grad_outputs[0].reshape(cache),), {}
+
+    def describe_backward(self, input_shapes: Sequence[Shape]) -> str:
+        return f"Δ = Δ' reshaped back to {tuple(input_shapes[0])}"
 
 
 class Flatten(Reshape):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..loss import Loss
     from ..optimizer import Optimizer
     from .step import Step
 
@@ -42,6 +43,11 @@ class Hook:
         wanted) and its parameter gradients (keyed by parameter name)."""
 
     # -- the training step ----------------------------------------------------------------
+    def losses_chosen(self, losses: Sequence[tuple[str, Loss, int]]) -> None:
+        """Before the forward of a training step: per trained output, its name, the
+        loss training computes (with loss fusion, the one on the skipped step's input)
+        and the plan slot that loss reads, where its delta enters backward."""
+
     def loss_computed(self, value: float, grads: Sequence[tuple[str, np.ndarray]]) -> None:
         """After the loss of a training step: its (weighted) value, and per output the
         delta that backward starts from."""

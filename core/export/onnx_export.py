@@ -20,7 +20,7 @@ from ..errors import DeltapropError, RegistryError
 from ..layer import Layer, overrides
 from ..network import Network
 from ..registry import Registry, deltaprop_version, get_registry
-from ..storage.npz import atomic_write
+from ..storage.files import atomic_write
 from .onnx_graph import Converter, ExportContext, OnnxGraph, OperatorNode, element_type
 
 #: the oldest opset written (Split, Squeeze and Unsqueeze take their sizes and axes as

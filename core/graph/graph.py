@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,13 @@ from ..tensor import InputNode, Node, Shape, Tensor
 from .describe import graph_to_spec
 from .report import MemoryReport, build_report
 from .topology import assign_names, order_nodes
+
+
+class Summary(str):
+    """The text of ``Graph.summary``, already printed: a REPL does not echo it again."""
+
+    def __repr__(self) -> str:
+        return ""
 
 
 class Graph:
@@ -206,23 +213,36 @@ class Graph:
         """The network as a spec dict; ``deltaprop.load_spec`` rebuilds it."""
         return graph_to_spec(self)
 
-    def summary(self) -> str:
-        """A table of nodes, output shapes and parameter counts."""
-        rows = [("node", "layer", "output shape", "params")]
+    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
+        """Print a Keras-style table (node, layer, output shape, parameters, a shared
+        layer's counted at its first node, and the nodes each reads) with ``print_fn``
+        (None: print nothing) and return its text."""
+        rows = [("node", "layer", "output shape", "params", "inputs")]
         for t in self.inputs:
-            rows.append((t.node.name or "", "input", str((None, *t.shape)), ""))
-        counted: set[int] = set()
+            rows.append((t.node.name or "", "input", str((None, *t.shape)), "", ""))
+        first_use: dict[int, str] = {}
         for step in self.steps:
-            n = 0
-            if id(step.layer) not in counted:
-                counted.add(id(step.layer))
-                n = sum(int(a.size) for a in step.layer.params.values())
+            layer = step.layer
+            count = ""
+            if id(layer) in first_use:
+                count = f"shared with {first_use[id(layer)]}"
+            else:
+                first_use[id(layer)] = step.name
+                n = sum(int(a.size) for a in layer.params.values())
+                count = str(n) if n else ""
             shapes = ", ".join(str((None, *t.shape)) for t in step.node.outputs)
-            rows.append((step.name, step.layer.name, shapes, str(n) if n else ""))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            sources = ", ".join(t.node.display_name if len(t.node.outputs) == 1
+                                else f"{t.node.display_name}:{t.index}"
+                                for t in step.node.inputs)
+            rows.append((step.name, layer.name, shapes, count, sources))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
         lines.append(f"total parameters: {self.n_params}")
-        return "\n".join(lines)
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return Summary(text)
 
     def __repr__(self) -> str:
         return (f"<Network {self.name!r}: {len(self.inputs)} input(s), {len(self.steps)} "

@@ -79,9 +79,9 @@ class TrainingStep:
         self._events = self._bind(self.hooks)
 
     @staticmethod
-    def _bind(hooks: Sequence[Hook]) -> tuple[list[Any], list[Any], list[Any]]:
+    def _bind(hooks: Sequence[Hook]) -> tuple[list[Any], ...]:
         return (bound(hooks, "loss_computed"), bound(hooks, "before_update"),
-                bound(hooks, "after_update"))
+                bound(hooks, "after_update"), bound(hooks, "losses_chosen"))
 
     def _fused(self) -> tuple[list[LossFusion], frozenset[int], list[int] | None]:
         """Each output's loss fusion on the current plan, the steps training skips and
@@ -104,10 +104,12 @@ class TrainingStep:
         loss_sum = 0.0
         executor = graph.executor(self._node_hooks)
         # the network's own hooks see the step too
-        loss_computed, before_update, after_update = (
+        loss_computed, before_update, after_update, losses_chosen = (
             self._bind([*graph.hooks, *self.hooks]) if graph.hooks else self._events)
         if samples:
             fusions, skip, slots = self._fused()
+            for hook in losses_chosen:
+                hook([(out.name, f.loss, f.slot) for out, f in zip(self.losses.outputs, fusions)])
             values = executor.forward(xs, train=True, outputs=slots, skip=skip, state=state)
             total = 0.0
             seeds = []
