@@ -30,6 +30,7 @@ from .training.distributed import run_on_ranks
 from .training.loop import check_data
 from .training.losses import OutputLosses
 from .training.progress import show_progress
+from .training.threads import limited_threads, plan_threads
 from .visual.curves import save_learning_curves
 
 EXIT_ERROR = 2
@@ -70,6 +71,17 @@ def _positive(value: Any, what: str) -> int:
     return value
 
 
+def _positive_arg(text: str) -> int:
+    """argparse type: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def check_writable(path: str | None, option: str) -> None:
     """Refuse an output path whose folder is missing before training spends any time."""
     if not path:
@@ -85,8 +97,9 @@ def check_writable(path: str | None, option: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.distributed:  # every rank runs the same command; see deltaprop.distributed
-        return run_on_ranks(_train, args, timeout=args.mpi_timeout)
-    return _train(args)
+        return run_on_ranks(_train, args, timeout=args.mpi_timeout, threads=args.threads)
+    with limited_threads(plan_threads(1, args.threads)):
+        return _train(args)
 
 
 def _train(args: argparse.Namespace, distributed: Any = None) -> int:
@@ -318,6 +331,11 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI: run as mpiexec -n N deltaprop train ... "
                             "--distributed (--batch-size is then per rank)")
+    train.add_argument("--threads", type=_positive_arg, metavar="N",
+                       help="BLAS/OpenMP threads per process (default: the libraries' own "
+                            "in one process; with --distributed, the cores shared out among "
+                            "the ranks, unless OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or "
+                            "MKL_NUM_THREADS is set)")
     train.add_argument("--mpi-timeout", type=float, metavar="SECONDS",
                        help="with --distributed: stop with an error when another rank does not "
                             "join a collective within this time (default 300)")
