@@ -19,7 +19,8 @@ are in ``pyproject.toml``, checked by ``lint-imports``):
     registry                     plugin discovery
     layer, loss, optimizer,      the protocols plugins implement
     hookspecs, tensor
-    errors, config               what everything uses
+    errors, config, defaults     what everything uses (defaults: the training
+                                 settings fit and the CLI share)
 """
 
 from __future__ import annotations

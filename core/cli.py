@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import defaults
 from .errors import ConfigError, DeltapropError
 from .execution.allocator import retain_freed_memory
 from .io.data import describe, load_data
@@ -50,8 +51,7 @@ def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
             {"name": "sigmoid", "layer": "sigmoid", "inputs": ["hidden"]},
             {"name": "logits", "layer": "dense", "inputs": ["sigmoid"], "units": n_classes},
         ],
-        "train": {"loss": "softmax_cross_entropy", "optimizer": "adam", "lr": 0.01,
-                  "epochs": 30, "batch_size": 32, "seed": 0},
+        "train": dict(defaults.DEFAULT_NETWORK_TRAIN),
     }
 
 
@@ -62,7 +62,7 @@ def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     settings = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
     if lr is not None:
         settings["lr"] = lr
-    return create_optimizer(train.get("optimizer", "adam"), **settings)
+    return create_optimizer(train.get("optimizer", defaults.OPTIMIZER), **settings)
 
 
 def _positive(value: Any, what: str) -> int:
@@ -115,16 +115,16 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     else:
         spec = default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes)
     train = dict(spec.get("train") or {})
-    seed = args.seed if args.seed is not None else train.get("seed", 0)
+    seed = args.seed if args.seed is not None else train.get("seed", defaults.SEED)
     source = f"spec file {str(args.spec)!r}" if args.spec else None
     net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
     data = data.reshaped(net.input_shapes[0])
-    epochs = _positive(args.epochs if args.epochs is not None else train.get("epochs", 10),
-                       "epochs")
+    epochs = _positive(args.epochs if args.epochs is not None
+                       else train.get("epochs", defaults.EPOCHS), "epochs")
     batch_size = _positive(args.batch_size if args.batch_size is not None
-                           else train.get("batch_size", 32), "batch_size")
+                           else train.get("batch_size", defaults.BATCH_SIZE), "batch_size")
     try:
-        losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
+        losses = OutputLosses(net, train.get("loss", defaults.LOSS),
                               train.get("loss_weights"))
         optimizer = build_optimizer(train, args.lr)
     except DeltapropError as exc:
@@ -154,7 +154,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
             print(f"resuming from {str(checkpoint_path(args.checkpoint))!r}")
     # --plot's held-out curves are those of the test set, evaluated after every epoch
     validation = (data.x_test, data.y_test) if args.plot else None
-    loss = train.get("loss", "softmax_cross_entropy")
+    loss = train.get("loss", defaults.LOSS)
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       loss_weights=train.get("loss_weights"),
                       epochs=epochs, batch_size=batch_size, seed=seed, validation=validation,
@@ -193,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     net = load(args.model)
     data = load_data(args.data).reshaped(net.input_shapes[0])
-    loss = (net.train_config or {}).get("loss", "softmax_cross_entropy")
+    loss = (net.train_config or {}).get("loss", defaults.LOSS)
     metrics = net.evaluate(data.x_test, data.y_test, loss=loss)
     for key, value in metrics.items():
         print(f"test {key}: {value:.4f}")
@@ -302,7 +302,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a network (default: dense/sigmoid on digits)")
     train.add_argument("spec", nargs="?", help="a network spec file (.toml or .json)")
-    train.add_argument("--data", default="digits",
+    train.add_argument("--data", default=defaults.DATA,
                        help="'digits' (bundled), a folder of IDX files, or an .npz file")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
@@ -343,7 +343,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on test data")
     evaluate.add_argument("model")
-    evaluate.add_argument("--data", default="digits")
+    evaluate.add_argument("--data", default=defaults.DATA)
     evaluate.set_defaults(func=cmd_evaluate)
 
     layers = sub.add_parser("layers", help="list registered layers and their providers")
