@@ -20,6 +20,7 @@ from . import defaults
 from .errors import ConfigError, DeltapropError
 from .execution.allocator import retain_freed_memory
 from .io.data import describe, load_data
+from .io.reference import describe_entry, entry_text, layers_markdown
 from .io.model import load, save
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
 from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
@@ -203,17 +204,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
 
     registry = get_registry()
+    if args.markdown:
+        print(layers_markdown(registry, args.distribution or "deltaprop"), end="")
+        return 0
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
-    rows = []
-    for kind in kinds:
-        for name in registry.names(kind):
-            p = registry.provider(kind, name)
-            rows.append({"name": name, "kind": kind, "plugin": p.plugin,
-                         "distribution": p.distribution, "version": p.version})
+    if args.name:
+        kind = next((k for k in [*kinds, *KINDS] if args.name in registry.names(k)), kinds[0])
+        entry = describe_entry(registry, kind, args.name)  # unknown: lists close names
+        print(json.dumps(entry, indent=2) if args.json else entry_text(entry))
+        return 0
+    rows = [describe_entry(registry, kind, name) for kind in kinds
+            for name in registry.names(kind)
+            if not args.distribution
+            or registry.provider(kind, name).distribution == args.distribution]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(_table(rows, ["name", "kind", "plugin", "distribution", "version"]))
+    for row in rows:  # one line each: the first sentence
+        row["summary"] = row["summary"].split(". ")[0].rstrip(".")
+    print(_table(rows, ["name", "kind", "plugin", "distribution", "version", "summary"]))
     return 0
 
 
@@ -346,10 +355,23 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default=defaults.DATA)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    layers = sub.add_parser("layers", help="list registered layers and their providers")
-    layers.add_argument("--json", action="store_true")
+    layers = sub.add_parser("layers", help="list registered layers and their providers, or "
+                                           "describe one (config keys, inputs, outputs)")
+    layers.add_argument("name", nargs="?",
+                        help="describe this layer (or loss, optimizer...): summary, inputs "
+                             "and outputs of its examples, each config key's type, default "
+                             "and meaning")
+    layers.add_argument("--json", action="store_true",
+                        help="JSON, with each config key's type, default and meaning")
     layers.add_argument("--kind", default="layer",
-                        choices=["layer", "loss", "optimizer", "initializer", "all"])
+                        choices=["layer", "loss", "optimizer", "initializer", "all"],
+                        help="which kind of registered component to list")
+    layers.add_argument("--distribution", metavar="NAME",
+                        help="only what this distribution registers (with --markdown: "
+                             "default deltaprop)")
+    layers.add_argument("--markdown", action="store_true",
+                        help="the layer reference page in Markdown (deltaprop layers "
+                             "--markdown > docs/layers.md)")
     layers.set_defaults(func=cmd_layers)
 
     check = sub.add_parser("check", help="run the conformance kit (gradient check and "

@@ -67,6 +67,9 @@ class Layer(Configurable):
     implement ``forward`` and ``backward`` (and ``build`` when they have parameters or
     change shapes). The class attributes and methods below that have defaults are
     optional: each says which part of deltaprop reads it.
+
+    Config:
+        dtype: float32 or float64: the dtype of the layer's parameters and outputs.
     """
 
     kind: ClassVar[str] = "layer"
