@@ -20,8 +20,8 @@ from . import defaults
 from .errors import ConfigError, DeltapropError
 from .execution.allocator import retain_freed_memory
 from .io.data import describe, load_data
-from .io.reference import describe_entry, entry_text, layers_markdown
 from .io.model import load, save
+from .io.reference import describe_entry, entry_text, layers_markdown
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
 from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
 from .storage.npz import atomic_write
