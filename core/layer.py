@@ -251,6 +251,8 @@ class Layer(Configurable):
         node; returns its output tensor (a tuple of them for several outputs)."""
         where = f"node {name or self.label or self.name!r} ({self.name})"
         tensors = symbolic_inputs(inputs, where)
+        for t in tensors:
+            t.node.read_by(self.dtype, where)
         shapes = tuple(t.shape for t in tensors)
         if not self.built:
             try:

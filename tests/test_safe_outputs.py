@@ -64,3 +64,30 @@ def test_the_issue_case_sigmoid_after_dense():
         y += 1
     (y,) = net.forward(np.ones((1, 3), np.float32))  # inference keeps nothing: writable
     assert y.flags.writeable
+
+
+def test_an_input_takes_the_dtype_of_the_layers_that_read_it():
+    x = dp.Input(4)
+    h = dp.create("dense", units=3, dtype="float64")(x)
+    net = dp.Network(x, dp.create("tanh", dtype="float64")(h))
+    assert x.dtype == "float64"
+    data = np.random.default_rng(0).standard_normal((2, 4))  # float64: not rounded
+    (y,) = net.forward(data)
+    W, b = net.params["dense/W"], net.params["dense/b"]
+    np.testing.assert_array_equal(y, np.tanh(data @ W + b))
+
+
+def test_readers_of_two_dtypes_are_an_error_that_says_so():
+    x = dp.Input(4, name="pixels")
+    dp.create("dense", units=3, dtype="float64")(x)
+    with pytest.raises(dp.GraphError, match=r"input 'pixels' has no dtype of its own.*"
+                                            r"float64.*float32.*Input\(\.\.\., dtype="):
+        dp.create("dense", units=3)(x)
+
+
+def test_a_given_dtype_is_kept():
+    x = dp.Input(4, dtype="float32")
+    dp.create("dense", units=3, dtype="float64")(x)
+    dp.create("dense", units=3)(x)  # no error: the input converts to float32 once
+    assert x.dtype == "float32"
+    assert dp.Input(4).dtype == "float32"  # read by nobody yet
