@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import defaults
-from .errors import ConfigError, DeltapropError
+from .errors import ConfigError, DataError, DeltapropError
 from .execution.allocator import retain_freed_memory
 from .io.data import describe, load_data
 from .io.model import load, save
@@ -119,7 +119,10 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     seed = args.seed if args.seed is not None else train.get("seed", defaults.SEED)
     source = f"spec file {str(args.spec)!r}" if args.spec else None
     net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
-    data = data.reshaped(net.input_shapes[0])
+    trained_on = {"name": data.name, "source": data_source(args.data),
+                  "sample_shape": [int(d) for d in data.x_train.shape[1:]]}
+    data = fitted_data(data, net, f"pass the data {source or 'the default network'} is "
+                                  f"for with --data")
     epochs = _positive(args.epochs if args.epochs is not None
                        else train.get("epochs", defaults.EPOCHS), "epochs")
     batch_size = _positive(args.batch_size if args.batch_size is not None
@@ -171,6 +174,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
         print(f"test accuracy: {metrics['accuracy']:.4f}")
     print(f"test loss: {metrics['loss']:.4f}")
     writer = distributed is None or distributed.is_root
+    net.trained_on = trained_on
     if args.out and writer:
         save(net, args.out)
         print(f"saved {args.out}")
@@ -190,10 +194,32 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     return 0
 
 
+def data_source(source: str) -> str:
+    """``--data`` as a model file keeps it: an existing path made absolute."""
+    return os.path.abspath(source) if os.path.exists(source) else source
+
+
+def fitted_data(data: Any, net: Any, hint: str) -> Any:
+    """The data reshaped to the network's input, or a DataError that ends with ``hint``."""
+    try:
+        return data.reshaped(net.input_shapes[0])
+    except DataError as exc:
+        raise DataError(f"{exc}; {hint}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
     net = load(args.model)
-    data = load_data(args.data).reshaped(net.input_shapes[0])
+    known = net.trained_on
+    source = args.data or known.get("source") or defaults.DATA
+    if not args.data and known.get("source"):
+        print(f"data: {source} (what {args.model} was trained on; --data to change)")
+    hint = "pass the data it was made for with --data"
+    if known.get("name"):
+        hint = (f"it was trained on {known['name']!r} (samples of shape "
+                f"{tuple(known.get('sample_shape', ()))}, --data "
+                f"{known.get('source', known['name'])}): {hint}")
+    data = fitted_data(load_data(source), net, f"model {args.model!r}: {hint}")
     loss = (net.train_config or {}).get("loss", defaults.LOSS)
     metrics = net.evaluate(data.x_test, data.y_test, loss=loss)
     for key, value in metrics.items():
@@ -351,8 +377,10 @@ def make_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on test data")
-    evaluate.add_argument("model")
-    evaluate.add_argument("--data", default=defaults.DATA)
+    evaluate.add_argument("model", help="a model file written by deltaprop train --out")
+    evaluate.add_argument("--data",
+                          help="'digits', a folder of IDX files, or an .npz (default: the "
+                               "data the model was trained on, else digits)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     layers = sub.add_parser("layers", help="list registered layers and their providers, or "
