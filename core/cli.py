@@ -36,8 +36,14 @@ from .training.threads import limited_threads, plan_threads
 from .visual.curves import save_learning_curves
 
 EXIT_ERROR = 2
-PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
-          "initializer": "initializers"}
+PLURAL = {"loss": "losses"}
+#: the suffixes --plot can write (the curves are SVG)
+PLOT_SUFFIXES = (".svg",)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``; words of the CLI's messages only."""
+    return f"{n} {word if n == 1 else PLURAL.get(word, word + 's')}"
 
 
 def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
@@ -110,6 +116,9 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json"),
                          (args.plot, "--plot")):
         check_writable(path, option)
+    if args.plot and not args.plot.lower().endswith(PLOT_SUFFIXES):
+        raise ConfigError(f"--plot {args.plot!r}: the learning curves are written as SVG; "
+                          f"give a file name ending in .svg")
     data = load_data(args.data)
     if args.spec:
         spec = read_spec_file(args.spec)
@@ -141,8 +150,9 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     check_data(net, [data.x_test], data.y_test, losses, f"test data of {data.name!r}")
     net.configure(fuse=not args.no_fuse, recompute=args.recompute)
     print(describe(data))
-    print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
-          f"{optimizer.name} lr={optimizer.lr}, {epochs} epochs, batch {batch_size}")
+    print(f"network {net.name!r}: {plural(len(net.steps), 'node')}, "
+          f"{plural(net.n_params, 'parameter')}; {optimizer.name} lr={optimizer.lr}, "
+          f"{plural(epochs, 'epoch')}, batch {batch_size}")
     memory = None
     if args.memory_report:
         memory = net.memory_report(batch=batch_size)
@@ -287,7 +297,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             if not r.ok:
                 print(f"FAIL {r.layer} example {r.example}: {r.detail}")
         failed = sum(not r.ok for r in results)
-        print(f"{len(results)} cases: {len(results) - failed} passed, {failed} failed")
+        print(f"{plural(len(results), 'case')}: {len(results) - failed} passed, "
+              f"{failed} failed")
     return 1 if any(not r.ok for r in results) else 0
 
 
@@ -299,7 +310,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for r in records:
-        detail = r.error or ", ".join(f"{len(v)} {PLURAL[k]}" for k, v in r.provides.items())
+        detail = r.error or ", ".join(plural(len(v), k) for k, v in r.provides.items())
         rows.append({"plugin": r.name, "distribution": r.distribution, "version": r.version,
                      "status": r.status, "ms": f"{1000 * r.load_seconds:.1f}",
                      "detail": detail})
@@ -328,27 +339,61 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
                      for row in cells)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none (None, or off for a switch) or its
+    help already says what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command's parser, and its sub-commands' (argparse makes those of the parent's
+    class): help that shows the defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deltaprop", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="deltaprop", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.set_defaults(func=None)
     sub = parser.add_subparsers(dest="command")
 
     train = sub.add_parser("train", help="train a network (default: dense/sigmoid on digits)")
-    train.add_argument("spec", nargs="?", help="a network spec file (.toml or .json)")
+    train.add_argument("spec", nargs="?",
+                       help="a network spec file, .toml or .json (default: a dense/sigmoid "
+                            "network sized to the data)")
     train.add_argument("--data", default=defaults.DATA,
                        help="'digits' (bundled), a folder of IDX files, or an .npz file")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="learning rate (overrides the spec)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--out", help="save the trained model to this .npz")
-    train.add_argument("--metrics-json", help="write the final metrics to this JSON file")
+    train.add_argument("--epochs", type=int,
+                       help="passes over the training data (default: the spec's [train] "
+                            f"epochs, else {defaults.EPOCHS}; the default network: "
+                            f"{defaults.DEFAULT_NETWORK_TRAIN['epochs']})")
+    train.add_argument("--batch-size", type=int,
+                       help="samples per step (default: the spec's [train] batch_size, else "
+                            f"{defaults.BATCH_SIZE}; per rank with --distributed)")
+    train.add_argument("--lr", type=float,
+                       help="learning rate (default: the spec's [train] lr, else the "
+                            f"optimizer's own; the default network: "
+                            f"{defaults.DEFAULT_NETWORK_TRAIN['lr']})")
+    train.add_argument("--seed", type=int,
+                       help="seed of the initial weights and the shuffle (default: the "
+                            f"spec's [train] seed, else {defaults.SEED})")
+    train.add_argument("--out", metavar="FILE.npz",
+                       help="save the trained model to this .npz (default: not saved)")
+    train.add_argument("--metrics-json", metavar="FILE.json",
+                       help="write the final metrics to this JSON file (default: none)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--plot", metavar="FILE.svg",
                        help="write the learning curves (loss, and test loss and accuracy "
-                            "after every epoch) to this SVG file")
+                            "after every epoch) to this SVG file (default: none)")
     train.add_argument("--memory-report", action="store_true",
                        help="list per node the bytes cached for backward and why, and the peak")
     train.add_argument("--no-fuse", action="store_true",
@@ -360,7 +405,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from the checkpoint in --checkpoint DIR")
     train.add_argument("--checkpoint-every", type=int, metavar="N",
-                       help="also save the checkpoint every N batches")
+                       help="also save the checkpoint every N batches (default: only after "
+                            "each epoch)")
     train.add_argument("--detect-anomaly", action="store_true",
                        help="name the first node whose output or gradient became non-finite")
     train.add_argument("--distributed", action="store_true",
@@ -405,13 +451,14 @@ def make_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="run the conformance kit (gradient check and "
                                          "protocol rules) on installed layers")
     check.add_argument("layers", nargs="*", help="layer names (default: every layer)")
-    check.add_argument("--distribution", help="only the layers this distribution registers")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--distribution", metavar="NAME",
+                       help="only the layers this distribution registers (default: all)")
+    check.add_argument("--json", action="store_true", help="the results as JSON")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=cmd_check)
 
     plugins = sub.add_parser("plugins", help="list plugins, loaded and failed, with why")
-    plugins.add_argument("--json", action="store_true")
+    plugins.add_argument("--json", action="store_true", help="the records as JSON")
     plugins.set_defaults(func=cmd_plugins)
 
     plugin = sub.add_parser("plugin", help="tools for plugin authors")
@@ -433,7 +480,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     retain_freed_memory()  # this process trains: every step reuses the last one's pages
     with warnings.catch_warnings():
         warnings.showwarning = _warn_in_one_line
-        return _main(argv)
+        try:
+            return _main(argv)
+        except BrokenPipeError:  # `deltaprop check | head -1`: the reader has had enough
+            # later writes (the interpreter's last flush) go nowhere, quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 0
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -456,6 +510,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return 128 + int(exc.signum)
         print(f"deltaprop: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        raise  # stdout's reader went away: not an error of a file the user named
     except OSError as exc:  # a file the user named could not be read or written
         if args.debug:
             raise
