@@ -26,7 +26,7 @@ from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
 from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
 from .storage.npz import atomic_write
 from .testing.kit import conformance_results, layers_of_distribution
-from .testing.scaffold import create_plugin
+from .testing.scaffold import create_plugin, deltaprop_install
 from .training.checkpoint import TrainingInterrupted, checkpoint_path
 from .training.distributed import run_on_ranks
 from .training.loop import check_data
@@ -328,7 +328,8 @@ def cmd_plugin_new(args: argparse.Namespace) -> int:
     print(f"created plugin package {args.name!r} in {target}:")
     for path in written:
         print(f"  {path}")
-    print(f"next: cd {target} && pip install -e '.[test]' && pytest")
+    print(f"next: cd {target} && pip install -e '.[test]' && pytest (in a fresh "
+          f"environment first: {deltaprop_install()})")
     return 0
 
 

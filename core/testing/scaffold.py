@@ -9,11 +9,14 @@ and a README that says how to develop, test and publish it.
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
-from importlib.metadata import PackageNotFoundError, version
+import shlex
+from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 from string import Template
+from urllib.parse import unquote, urlparse
 
 from ..errors import ConfigError
 
@@ -44,6 +47,27 @@ def names_for(name: str) -> tuple[str, str]:
     return name.lower().replace("_", "-"), module
 
 
+def deltaprop_install() -> str:
+    """The pip command that installs the deltaprop running now into another environment:
+    from the folder it was installed from (``pip install [-e] PATH``, as a source
+    checkout is) or is running from, else from the package index."""
+    for dist in distributions(name="deltaprop"):  # a checkout's egg-info may come first
+        try:
+            origin = json.loads(dist.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        url = origin.get("url", "") if isinstance(origin, dict) else ""
+        dir_info = origin.get("dir_info") if isinstance(origin, dict) else None
+        if isinstance(dir_info, dict) and url.startswith("file://"):
+            folder = shlex.quote(unquote(urlparse(url).path))
+            return f"pip install -e {folder}" if dir_info.get("editable") else \
+                f"pip install {folder}"
+    checkout = Path(__file__).resolve().parents[2]  # core/testing/ -> the source tree
+    if (checkout / "pyproject.toml").is_file() and (checkout / "core").is_dir():
+        return f"pip install -e {shlex.quote(str(checkout))}"
+    return "pip install deltaprop"
+
+
 def render(name: str, deltaprop_version: str | None = None) -> dict[str, str]:
     """The files of a new plugin package: relative path -> text."""
     dist, module = names_for(name)
@@ -56,7 +80,7 @@ def render(name: str, deltaprop_version: str | None = None) -> dict[str, str]:
     values = {
         "dist": dist, "module": module, "layer": f"{module}_scale",
         "class_name": "".join(p.capitalize() for p in module.split("_")) + "Scale",
-        "oldest": oldest, "unsupported": unsupported,
+        "oldest": oldest, "unsupported": unsupported, "install_deltaprop": deltaprop_install(),
         "envlist": ", ".join(f"py{p.replace('.', '')}-{{oldest,latest}}" for p in PYTHONS),
         "pythons": ", ".join(PYTHONS),
         "classifiers": "\n".join(f'    "Programming Language :: Python :: {p}",'
@@ -243,6 +267,7 @@ A [deltaprop](https://pypi.org/project/deltaprop/) layer plugin. Installed, it a
 the layer `$layer` to the registry:
 
 ```
+$install_deltaprop   # the deltaprop this package was made with
 pip install .
 deltaprop layers          # $layer  layer  $module  $dist  0.1.0
 ```
@@ -253,6 +278,7 @@ and it can be used by name, in Python (`deltaprop.create("$layer")`) or in a spe
 ## Develop
 
 ```
+$install_deltaprop   # first, in a fresh environment
 pip install -e '.[test]'
 pytest                    # the conformance kit over every layer of this distribution
 deltaprop check --distribution $dist   # the same, as a table
