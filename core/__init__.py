@@ -12,7 +12,7 @@ are in ``pyproject.toml``, checked by ``lint-imports``):
     io, visual                   spec files, model files, data sets; SVG drawings
     network                      Network (a graph that trains), Sequential
     training                     the one step and loop, checkpoints, anomaly
-                                 detection, truncated BPTT, MPI
+                                 detection, truncated BPTT, MPI, thread pools
     storage                      the npz container and the model file format
     graph                        Graph: nodes, parameters, plan; memory report
     execution                    plan, passes, memory planning, executor, hooks

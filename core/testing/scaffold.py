@@ -49,8 +49,8 @@ def names_for(name: str) -> tuple[str, str]:
 
 def deltaprop_install() -> str:
     """The pip command that installs the deltaprop running now into another environment:
-    from the folder it was installed from (``pip install [-e] PATH``, as a source
-    checkout is) or is running from, else from the package index."""
+    from the folder or wheel file it was installed from (``pip install [-e] PATH``, as a
+    source checkout is) or the folder it is running from, else from the package index."""
     for dist in distributions(name="deltaprop"):  # a checkout's egg-info may come first
         try:
             origin = json.loads(dist.read_text("direct_url.json") or "{}")
@@ -58,10 +58,11 @@ def deltaprop_install() -> str:
             continue
         url = origin.get("url", "") if isinstance(origin, dict) else ""
         dir_info = origin.get("dir_info") if isinstance(origin, dict) else None
-        if isinstance(dir_info, dict) and url.startswith("file://"):
-            folder = shlex.quote(unquote(urlparse(url).path))
-            return f"pip install -e {folder}" if dir_info.get("editable") else \
-                f"pip install {folder}"
+        if not url.startswith("file://"):
+            continue
+        local = shlex.quote(unquote(urlparse(url).path))  # a folder, or a wheel file
+        editable = isinstance(dir_info, dict) and dir_info.get("editable")
+        return f"pip install -e {local}" if editable else f"pip install {local}"
     checkout = Path(__file__).resolve().parents[2]  # core/testing/ -> the source tree
     if (checkout / "pyproject.toml").is_file() and (checkout / "core").is_dir():
         return f"pip install -e {shlex.quote(str(checkout))}"
