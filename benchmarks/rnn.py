@@ -39,19 +39,18 @@ T, BATCH, FEATURES, HIDDEN = 32, 64, 64, 128
 CELLS = ("rnn", "lstm", "gru")
 
 
-def _openblas() -> Any:
-    """numpy's bundled OpenBLAS through ctypes (to set its thread count), or None."""
-    import ctypes
-    import glob
+def blas_loaded() -> bool:
+    """Whether threadpoolctl sees a BLAS library in this process (numpy's)."""
+    from threadpoolctl import threadpool_info
 
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "*openblas*"))
-    for path in libs:
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                     "openblas_set_num_threads"):
-            if hasattr(lib, name):
-                return getattr(lib, name), getattr(lib, name.replace("set", "get"), None)
-    return None
+    return any(info["user_api"] == "blas" for info in threadpool_info())
+
+
+def set_blas_threads(n: int) -> None:
+    """numpy's BLAS at ``n`` threads, through threadpoolctl."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
 
 
 def set_threads(n: int | None, torch: Any) -> None:
@@ -59,9 +58,7 @@ def set_threads(n: int | None, torch: Any) -> None:
     more cores than the other; on a loaded machine one thread each is the fairer race."""
     n_cores = os.cpu_count() or 1
     n = n_cores if n is None else n
-    blas = _openblas()
-    if blas is not None:
-        blas[0](n)
+    set_blas_threads(n)
     if torch is not None:
         torch.set_num_threads(n)
 
@@ -121,7 +118,7 @@ def torch_step(torch: Any, cell: str, x: np.ndarray, grad: np.ndarray) -> Any:
 def threaded_step(cell: str, x: np.ndarray, grad: np.ndarray, n: int,
                   set_blas_threads: Any) -> Any:
     """deltaprop's step with ``n`` Python threads on 1/n of the batch each, OpenBLAS at one
-    thread meanwhile (``set_blas_threads``, from ``_openblas``), and the parameter
+    thread meanwhile (``set_blas_threads``), and the parameter
     gradients summed: how far threads get numpy on several cores in one process (each
     numpy call holds the interpreter lock for its dispatch). The library does not do
     this; the row measures what it would gain."""
@@ -170,15 +167,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows = []
     repeats = 5 if quick else 30
     cores = os.cpu_count() or 1
-    blas = _openblas()  # without it the threads candidate would oversubscribe: left out
+    blas = blas_loaded()  # without it the threads candidate would oversubscribe: left out
     for threads, cell in [(t, c) for t in (1, None) for c in CELLS]:
         set_threads(threads, torch)
         net = make_network(cell)
         candidates: dict[str, Any] = {
             "deltaprop": lambda net=net: deltaprop_step(net, x, grad)}
-        if threads is None and cores > 1 and blas is not None:
+        if threads is None and cores > 1 and blas:
             candidates[f"deltaprop {cores} threads"] = threaded_step(cell, x, grad, cores,
-                                                                     blas[0])
+                                                                     set_blas_threads)
         if torch is not None:
             candidates["torch"] = torch_step(torch, cell, x, grad)
         reference = "torch" if torch is not None else "deltaprop"

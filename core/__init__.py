@@ -14,14 +14,15 @@ are in ``pyproject.toml``, checked by ``lint-imports``):
     network                      Network (a graph that trains), Sequential
     visual                       SVG drawings, the trace page (Network draws itself)
     training                     the one step and loop, checkpoints, anomaly
-                                 detection, truncated BPTT, MPI
+                                 detection, truncated BPTT, MPI, thread pools
     storage                      the npz container and the model file format
     graph                        Graph: nodes, parameters, plan; memory report, trace
     execution                    plan, passes, memory planning, executor, hooks
     registry                     plugin discovery
     layer, loss, optimizer,      the protocols plugins implement
     hookspecs, tensor
-    errors, config               what everything uses
+    errors, config, defaults     what everything uses (defaults: the training
+                                 settings fit and the CLI share)
 """
 
 from __future__ import annotations

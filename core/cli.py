@@ -17,31 +17,40 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import ConfigError, DeltapropError, blamed_on
+from . import defaults
+from .errors import ConfigError, DataError, DeltapropError, blamed_on
 from .execution.allocator import retain_freed_memory
 from .export import DEFAULT_OPSET, export_onnx
 from .io.data import Dataset, describe, load_data
 from .io.model import load, save
+from .io.reference import describe_entry, entry_text, layers_markdown
 from .io.spec import TRAIN_KEYS, load_spec, read_spec_file
 from .network import Network
 from .optimizer import Optimizer
 from .registry import KINDS, create_optimizer, deltaprop_version, get_registry
 from .storage.files import atomic_write, write_target
 from .testing.kit import conformance_results, layers_of_distribution
-from .testing.scaffold import create_plugin
+from .testing.scaffold import create_plugin, deltaprop_install
 from .training.checkpoint import TrainingInterrupted, checkpoint_path
 from .training.distributed import run_on_ranks
 from .training.gradient_flow import GradientFlow
 from .training.loop import check_data
 from .training.losses import OutputLosses
 from .training.progress import show_progress
+from .training.threads import limited_threads, plan_threads
 from .visual.curves import save_learning_curves
 from .visual.gradient_flow import save_gradient_flow
 from .visual.graph_svg import save_network_svg
 
 EXIT_ERROR = 2
-PLURAL = {"layer": "layers", "loss": "losses", "optimizer": "optimizers",
-          "initializer": "initializers", "onnx_converter": "ONNX converters"}
+PLURAL = {"loss": "losses", "onnx_converter": "ONNX converters"}
+#: the suffixes --plot can write (the curves are SVG)
+PLOT_SUFFIXES = (".svg",)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``; words of the CLI's messages only."""
+    return f"{n} {word if n == 1 else PLURAL.get(word, word + 's')}"
 
 
 def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
@@ -56,8 +65,7 @@ def default_spec(n_features: int, n_classes: int) -> dict[str, Any]:
             {"name": "sigmoid", "layer": "sigmoid", "inputs": ["hidden"]},
             {"name": "logits", "layer": "dense", "inputs": ["sigmoid"], "units": n_classes},
         ],
-        "train": {"loss": "softmax_cross_entropy", "optimizer": "adam", "lr": 0.01,
-                  "epochs": 30, "batch_size": 32, "seed": 0},
+        "train": dict(defaults.DEFAULT_NETWORK_TRAIN),
     }
 
 
@@ -68,7 +76,7 @@ def build_optimizer(train: dict[str, Any], lr: float | None) -> Any:
     settings = {k: v for k, v in train.items() if k not in TRAIN_KEYS}
     if lr is not None:
         settings["lr"] = lr
-    return create_optimizer(train.get("optimizer", "adam"), **settings)
+    return create_optimizer(train.get("optimizer", defaults.OPTIMIZER), **settings)
 
 
 def _setting(option: Any, flag: str, train: dict[str, Any], key: str, default: int,
@@ -105,6 +113,17 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _positive_arg(text: str) -> int:
+    """argparse type: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def check_writable(path: str | None, option: str) -> None:
     """Refuse an output path whose folder is missing before training spends any time."""
     if not path:
@@ -124,8 +143,9 @@ def check_writable(path: str | None, option: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.distributed:  # every rank runs the same command; see deltaprop.distributed
-        return run_on_ranks(_train, args, timeout=args.mpi_timeout)
-    return _train(args)
+        return run_on_ranks(_train, args, timeout=args.mpi_timeout, threads=args.threads)
+    with limited_threads(plan_threads(1, args.threads)):
+        return _train(args)
 
 
 def _train(args: argparse.Namespace, distributed: Any = None) -> int:
@@ -135,13 +155,17 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     for path, option in ((args.out, "--out"), (args.metrics_json, "--metrics-json"),
                          (args.plot, "--plot"), (args.plot_gradients, "--plot-gradients")):
         check_writable(path, option)
+    if args.plot and not args.plot.lower().endswith(PLOT_SUFFIXES):
+        raise ConfigError(f"--plot {args.plot!r}: the learning curves are written as SVG; "
+                          f"give a file name ending in .svg")
     setup = training_setup(args, args.lr)
     net, data, train, seed = setup.net, setup.data, setup.train, setup.seed
     optimizer, batch_size = setup.optimizer, setup.batch_size
-    epochs = _setting(args.epochs, "--epochs", train, "epochs", 10)
+    epochs = _setting(args.epochs, "--epochs", train, "epochs", defaults.EPOCHS)
     print(describe(data))
-    print(f"network {net.name!r}: {len(net.steps)} nodes, {net.n_params} parameters; "
-          f"{optimizer.name} lr={optimizer.lr}, {epochs} epochs, batch {batch_size}")
+    print(f"network {net.name!r}: {plural(len(net.steps), 'node')}, "
+          f"{plural(net.n_params, 'parameter')}; {optimizer.name} lr={optimizer.lr}, "
+          f"{plural(epochs, 'epoch')}, batch {batch_size}")
     memory = None
     if args.memory_report:
         memory = net.memory_report(batch=batch_size)
@@ -157,7 +181,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
             print(f"resuming from {str(checkpoint_path(args.checkpoint))!r}")
     # --plot's held-out curves are those of the test set, evaluated after every epoch
     validation = (data.x_test, data.y_test) if args.plot else None
-    loss = train.get("loss", "softmax_cross_entropy")
+    loss = train.get("loss", defaults.LOSS)
     flow = GradientFlow(net) if args.plot_gradients else None
     history = net.fit(data.x_train, data.y_train, loss=loss, optimizer=optimizer,
                       loss_weights=train.get("loss_weights"),
@@ -177,6 +201,7 @@ def _train(args: argparse.Namespace, distributed: Any = None) -> int:
     print("test set is empty: no test figures" if metrics["loss"] is None
           else f"test loss: {metrics['loss']:.4f}")
     writer = distributed is None or distributed.is_root
+    net.trained_on = setup.trained_on
     if args.out and writer:
         save(net, args.out)
         print(f"saved {args.out}")
@@ -211,6 +236,7 @@ class TrainingSetup:
     seed: int
     optimizer: Optimizer
     batch_size: int
+    trained_on: dict[str, Any]  # what the model file records of the data
 
 
 def training_setup(args: argparse.Namespace, lr: float | None) -> TrainingSetup:
@@ -225,15 +251,19 @@ def training_setup(args: argparse.Namespace, lr: float | None) -> TrainingSetup:
     if not isinstance(spec.get("train") or {}, dict):
         raise ConfigError(f"spec file {str(args.spec)!r}: [train] must be a table")
     train = dict(spec.get("train") or {})
-    seed = _setting(args.seed, "--seed", train, "seed", 0, low=0)
+    seed = _setting(args.seed, "--seed", train, "seed", defaults.SEED, low=0)
     source = f"spec file {str(args.spec)!r}" if args.spec else None
     net = load_spec(spec, seed=seed, source=source)  # the file was read once, above
-    data = data.reshaped(net.input_shapes[0])
-    batch_size = _setting(args.batch_size, "--batch-size", train, "batch_size", 32)
+    trained_on = {"name": data.name, "source": data_source(args.data),
+                  "sample_shape": [int(d) for d in data.x_train.shape[1:]]}
+    data = fitted_data(data, net, f"pass the data {source or 'the default network'} is "
+                                  f"for with --data")
+    batch_size = _setting(args.batch_size, "--batch-size", train, "batch_size",
+                          defaults.BATCH_SIZE)
     if lr is not None and not (np.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be a finite positive number, got {lr!r}")
     try:
-        losses = OutputLosses(net, train.get("loss", "softmax_cross_entropy"),
+        losses = OutputLosses(net, train.get("loss", defaults.LOSS),
                               train.get("loss_weights"))
         optimizer = build_optimizer(train, lr)
     except DeltapropError as exc:
@@ -245,7 +275,7 @@ def training_setup(args: argparse.Namespace, lr: float | None) -> TrainingSetup:
                           f"several outputs from Python, with one target per output")
     check_data(net, [data.x_test], data.y_test, losses, f"test data of {data.name!r}")
     net.configure(fuse=not args.no_fuse, recompute=args.recompute)
-    return TrainingSetup(net, data, train, seed, optimizer, batch_size)
+    return TrainingSetup(net, data, train, seed, optimizer, batch_size, trained_on)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -256,7 +286,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     net, data, train = setup.net, setup.data, setup.train
     x, y = data.x_train[:setup.batch_size], data.y_train[:setup.batch_size]
     with net.trace() as trace:
-        net.train_step(x, y, loss=train.get("loss", "softmax_cross_entropy"),
+        net.train_step(x, y, loss=train.get("loss", defaults.LOSS),
                        optimizer=setup.optimizer, loss_weights=train.get("loss_weights"))
     print(f"network {net.name!r} on {data.name}, one {setup.optimizer.name} step on the "
           f"first {len(x)} samples")
@@ -278,7 +308,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     elif args.network:
         net = load_spec(read_spec_file(args.network), source=f"spec file {args.network!r}")
     else:
-        data = load_data("digits")
+        data = load_data(defaults.DATA)
         net = load_spec(default_spec(int(np.prod(data.x_train.shape[1:])), data.n_classes))
     net.summary()
     if args.out:
@@ -287,11 +317,33 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_source(source: str) -> str:
+    """``--data`` as a model file keeps it: an existing path made absolute."""
+    return os.path.abspath(source) if os.path.exists(source) else source
+
+
+def fitted_data(data: Any, net: Any, hint: str) -> Any:
+    """The data reshaped to the network's input, or a DataError that ends with ``hint``."""
+    try:
+        return data.reshaped(net.input_shapes[0])
+    except DataError as exc:
+        raise DataError(f"{exc}; {hint}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
     net = load(args.model)
-    data = load_data(args.data).reshaped(net.input_shapes[0])
-    loss = (net.train_config or {}).get("loss", "softmax_cross_entropy")
+    known = net.trained_on
+    source = args.data or known.get("source") or defaults.DATA
+    if not args.data and known.get("source"):
+        print(f"data: {source} (what {args.model} was trained on; --data to change)")
+    hint = "pass the data it was made for with --data"
+    if known.get("name"):
+        hint = (f"it was trained on {known['name']!r} (samples of shape "
+                f"{tuple(known.get('sample_shape', ()))}, --data "
+                f"{known.get('source', known['name'])}): {hint}")
+    data = fitted_data(load_data(source), net, f"model {args.model!r}: {hint}")
+    loss = (net.train_config or {}).get("loss", defaults.LOSS)
     metrics = net.evaluate(data.x_test, data.y_test, loss=loss)
     for key, value in metrics.items():
         print(f"test {key}: {value:.4f}")
@@ -309,17 +361,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
 
     registry = get_registry()
+    if args.markdown:
+        print(layers_markdown(registry, args.distribution or "deltaprop"), end="")
+        return 0
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
-    rows = []
-    for kind in kinds:
-        for name in registry.names(kind):
-            p = registry.provider(kind, name)
-            rows.append({"name": name, "kind": kind, "plugin": p.plugin,
-                         "distribution": p.distribution, "version": p.version})
+    if args.name:
+        kind = next((k for k in [*kinds, *KINDS] if args.name in registry.names(k)), kinds[0])
+        entry = describe_entry(registry, kind, args.name)  # unknown: lists close names
+        print(json.dumps(entry, indent=2) if args.json else entry_text(entry))
+        return 0
+    rows = [describe_entry(registry, kind, name) for kind in kinds
+            for name in registry.names(kind)
+            if not args.distribution
+            or registry.provider(kind, name).distribution == args.distribution]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(_table(rows, ["name", "kind", "plugin", "distribution", "version"]))
+    for row in rows:  # one line each: the first sentence
+        row["summary"] = row["summary"].split(". ")[0].rstrip(".")
+    print(_table(rows, ["name", "kind", "plugin", "distribution", "version", "summary"]))
     return 0
 
 
@@ -358,7 +418,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             for check, message in r.failures.items():  # one line per failed check
                 print(f"FAIL {r.layer} example {r.example} [{check}]: {message}")
         failed = sum(not r.ok for r in results)
-        print(f"{len(results)} cases: {len(results) - failed} passed, {failed} failed")
+        print(f"{plural(len(results), 'case')}: {len(results) - failed} passed, "
+              f"{failed} failed")
     return 1 if any(not r.ok for r in results) else 0
 
 
@@ -370,7 +431,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for r in records:
-        detail = r.error or ", ".join(f"{len(v)} {PLURAL[k]}" for k, v in r.provides.items())
+        detail = r.error or ", ".join(plural(len(v), k) for k, v in r.provides.items())
         rows.append({"plugin": r.name, "distribution": r.distribution, "version": r.version,
                      "status": r.status, "ms": f"{1000 * r.load_seconds:.1f}",
                      "detail": detail})
@@ -388,7 +449,8 @@ def cmd_plugin_new(args: argparse.Namespace) -> int:
     print(f"created plugin package {args.name!r} in {target}:")
     for path in written:
         print(f"  {path}")
-    print(f"next: cd {target} && pip install -e '.[test]' && pytest")
+    print(f"next: cd {target} && pip install -e '.[test]' && pytest (in a fresh "
+          f"environment first: {deltaprop_install()})")
     return 0
 
 
@@ -399,36 +461,68 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
                      for row in cells)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line on stderr like every other error."""
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none (None, or off for a switch) or its
+    help already says what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command's parser, and its sub-commands' (argparse makes those of the parent's
+    class): help that shows the defaults, and a bad command line in one line on stderr
+    like every other error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"deltaprop: error: {message} (see `{self.prog} --help`)\n")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="deltaprop", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="deltaprop", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.set_defaults(func=None)
     sub = parser.add_subparsers(dest="command")
 
     train = sub.add_parser("train", help="train a network (default: dense/sigmoid on digits)")
-    train.add_argument("spec", nargs="?", help="a network spec file (.toml or .json)")
-    train.add_argument("--data", default="digits",
+    train.add_argument("spec", nargs="?",
+                       help="a network spec file, .toml or .json (default: a dense/sigmoid "
+                            "network sized to the data)")
+    train.add_argument("--data", default=defaults.DATA,
                        help="'digits' (bundled), a folder of IDX files, or an .npz file")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="learning rate (overrides the spec)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--out", help="save the trained model to this .npz")
-    train.add_argument("--metrics-json", help="write the final metrics to this JSON file")
+    train.add_argument("--epochs", type=int,
+                       help="passes over the training data (default: the spec's [train] "
+                            f"epochs, else {defaults.EPOCHS}; the default network: "
+                            f"{defaults.DEFAULT_NETWORK_TRAIN['epochs']})")
+    train.add_argument("--batch-size", type=int,
+                       help="samples per step (default: the spec's [train] batch_size, else "
+                            f"{defaults.BATCH_SIZE}; per rank with --distributed)")
+    train.add_argument("--lr", type=float,
+                       help="learning rate (default: the spec's [train] lr, else the "
+                            f"optimizer's own; the default network: "
+                            f"{defaults.DEFAULT_NETWORK_TRAIN['lr']})")
+    train.add_argument("--seed", type=int,
+                       help="seed of the initial weights and the shuffle (default: the "
+                            f"spec's [train] seed, else {defaults.SEED})")
+    train.add_argument("--out", metavar="FILE.npz",
+                       help="save the trained model to this .npz (default: not saved)")
+    train.add_argument("--metrics-json", metavar="FILE.json",
+                       help="write the final metrics to this JSON file (default: none)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--plot", metavar="FILE.svg",
                        help="write the learning curves (loss, and test loss and accuracy "
-                            "after every epoch) to this SVG file")
+                            "after every epoch) to this SVG file (default: none)")
     train.add_argument("--plot-gradients", metavar="FILE.svg",
-                       help="write each layer's gradient norm per epoch to this SVG file")
+                       help="write each layer's gradient norm per epoch to this SVG file "
+                            "(default: none)")
     train.add_argument("--memory-report", action="store_true",
                        help="list per node the bytes cached for backward and why, and the peak")
     train.add_argument("--no-fuse", action="store_true",
@@ -440,12 +534,18 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from the checkpoint in --checkpoint DIR")
     train.add_argument("--checkpoint-every", type=int, metavar="N",
-                       help="also save the checkpoint every N batches")
+                       help="also save the checkpoint every N batches (default: only after "
+                            "each epoch)")
     train.add_argument("--detect-anomaly", action="store_true",
                        help="name the first node whose output or gradient became non-finite")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI: run as mpiexec -n N deltaprop train ... "
                             "--distributed (--batch-size is then per rank)")
+    train.add_argument("--threads", type=_positive_arg, metavar="N",
+                       help="BLAS/OpenMP threads per process (default: the libraries' own "
+                            "in one process; with --distributed, the cores shared out among "
+                            "the ranks, unless OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or "
+                            "MKL_NUM_THREADS is set)")
     train.add_argument("--mpi-timeout", type=float, metavar="SECONDS",
                        help="with --distributed: stop with an error when another rank does not "
                             "join a collective within this time (default 300)")
@@ -455,11 +555,14 @@ def make_parser() -> argparse.ArgumentParser:
                                          "deltas, gradients, rules (a table and a page)")
     trace.add_argument("spec", nargs="?", help="a network spec file (default: the default "
                                                 "network of `deltaprop train`)")
-    trace.add_argument("--data", default="digits",
+    trace.add_argument("--data", default=defaults.DATA,
                        help="'digits' (bundled), a folder of IDX files, or an .npz file")
-    trace.add_argument("--batch-size", type=int, help="samples of the traced step "
-                                                      "(the first batch of the data)")
-    trace.add_argument("--seed", type=int)
+    trace.add_argument("--batch-size", type=int,
+                       help="samples of the traced step, the first of the data (default: "
+                            f"the spec's [train] batch_size, else {defaults.BATCH_SIZE})")
+    trace.add_argument("--seed", type=int,
+                       help="seed of the initial weights (default: the spec's [train] seed, "
+                            f"else {defaults.SEED})")
     trace.add_argument("--out", default="trace.html", metavar="FILE.html",
                        help="write the trace page here (default trace.html; '' for none)")
     trace.add_argument("--json", metavar="FILE.json", help="also write the numbers as JSON")
@@ -479,8 +582,10 @@ def make_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on test data")
-    evaluate.add_argument("model")
-    evaluate.add_argument("--data", default="digits")
+    evaluate.add_argument("model", help="a model file written by deltaprop train --out")
+    evaluate.add_argument("--data",
+                          help="'digits', a folder of IDX files, or an .npz (default: the "
+                               "data the model was trained on, else digits)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     export = sub.add_parser("export", help="write a saved model as an ONNX file")
@@ -491,21 +596,36 @@ def make_parser() -> argparse.ArgumentParser:
                         help=f"ONNX opset to write (default {DEFAULT_OPSET})")
     export.set_defaults(func=cmd_export)
 
-    layers = sub.add_parser("layers", help="list registered layers and their providers")
-    layers.add_argument("--json", action="store_true")
-    layers.add_argument("--kind", default="layer", choices=[*KINDS, "all"])
+    layers = sub.add_parser("layers", help="list registered layers and their providers, or "
+                                           "describe one (config keys, inputs, outputs)")
+    layers.add_argument("name", nargs="?",
+                        help="describe this layer (or loss, optimizer...): summary, inputs "
+                             "and outputs of its examples, each config key's type, default "
+                             "and meaning")
+    layers.add_argument("--json", action="store_true",
+                        help="JSON, with each config key's type, default and meaning")
+    layers.add_argument("--kind", default="layer",
+                        choices=[*KINDS, "all"],
+                        help="which kind of registered component to list")
+    layers.add_argument("--distribution", metavar="NAME",
+                        help="only what this distribution registers (with --markdown: "
+                             "default deltaprop)")
+    layers.add_argument("--markdown", action="store_true",
+                        help="the layer reference page in Markdown (deltaprop layers "
+                             "--markdown > docs/layers.md)")
     layers.set_defaults(func=cmd_layers)
 
     check = sub.add_parser("check", help="run the conformance kit (gradient check and "
                                          "protocol rules) on installed layers")
     check.add_argument("layers", nargs="*", help="layer names (default: every layer)")
-    check.add_argument("--distribution", help="only the layers this distribution registers")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--distribution", metavar="NAME",
+                       help="only the layers this distribution registers (default: all)")
+    check.add_argument("--json", action="store_true", help="the results as JSON")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=cmd_check)
 
     plugins = sub.add_parser("plugins", help="list plugins, loaded and failed, with why")
-    plugins.add_argument("--json", action="store_true")
+    plugins.add_argument("--json", action="store_true", help="the records as JSON")
     plugins.set_defaults(func=cmd_plugins)
 
     plugin = sub.add_parser("plugin", help="tools for plugin authors")
@@ -527,7 +647,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     retain_freed_memory()  # this process trains: every step reuses the last one's pages
     with warnings.catch_warnings():
         warnings.showwarning = _warn_in_one_line
-        return _main(argv)
+        try:
+            return _main(argv)
+        except BrokenPipeError:  # `deltaprop check | head -1`: the reader has had enough
+            # later writes (the interpreter's last flush) go nowhere, quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 0
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -550,6 +677,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return 128 + int(exc.signum)
         print(f"deltaprop: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        raise  # stdout's reader went away: not an error of a file the user named
     except OSError as exc:  # a file the user named could not be read or written
         if args.debug:
             raise

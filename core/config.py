@@ -32,8 +32,69 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+#: the heading of the docstring section that documents the config keys, one per line
+CONFIG_SECTION = "Config:"
+
+
+def documented_keys(cls: type) -> dict[str, str]:
+    """The one-line meanings of config keys in the ``Config:`` sections of the docstrings
+    of ``cls`` and its bases (a subclass's entry wins)::
+
+        Config:
+            units: output features (the last axis).
+            use_bias: add the bias b.
+
+    An entry may continue on lines indented deeper than its key."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = klass.__dict__.get("__doc__")
+        if isinstance(doc, str):
+            found.update(_config_section(doc))
+    return found
+
+
+def _config_section(doc: str) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    lines = inspect.cleandoc(doc).splitlines()
+    try:
+        start = [line.strip() for line in lines].index(CONFIG_SECTION) + 1
+    except ValueError:
+        return entries
+    indent: int | None = None
+    key = None
+    for line in lines[start:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if depth == 0:
+            break  # the section ended
+        if indent is None:
+            indent = depth
+        text = line.strip()
+        if depth == indent and ":" in text:
+            key, _, meaning = text.partition(":")
+            key = key.strip()
+            entries[key] = meaning.strip()
+        elif key is not None:  # a continuation line
+            entries[key] = f"{entries[key]} {text}".strip()
+    return entries
+
+
+def _type_name(parameter: inspect.Parameter) -> str:
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        default = parameter.default
+        if default is inspect.Parameter.empty or default is None:
+            return "any"
+        return type(default).__name__
+    if isinstance(annotation, str):  # ``from __future__ import annotations``
+        return annotation
+    return getattr(annotation, "__name__", None) or repr(annotation)
+
+
 class Configurable:
-    """Mixin: ``get_config`` / ``from_config`` from the constructor signature."""
+    """Mixin: ``get_config`` / ``from_config`` from the constructor signature, and
+    ``config_schema`` from the signature and the docstring's ``Config:`` section."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "component"
@@ -48,6 +109,22 @@ class Configurable:
             for p in list(sig.parameters.values())[1:]
             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in cls._not_config
         ]
+
+    @classmethod
+    def config_schema(cls) -> list[dict[str, Any]]:
+        """Each config key with its type (the annotation, else the default's type),
+        default (``required`` true when there is none) and one-line meaning (from the
+        ``Config:`` docstring sections, "" when undocumented)."""
+        meanings = documented_keys(cls)
+        parameters = inspect.signature(cls.__init__).parameters
+        schema = []
+        for key in cls.config_keys():
+            parameter = parameters[key]
+            required = parameter.default is inspect.Parameter.empty
+            schema.append({"key": key, "type": _type_name(parameter),
+                           "default": None if required else _json_value(parameter.default),
+                           "required": required, "doc": meanings.get(key, "")})
+        return schema
 
     def get_config(self) -> dict[str, Any]:
         """The hyper-parameters as plain JSON data; ``from_config`` rebuilds the object."""

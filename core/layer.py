@@ -68,6 +68,9 @@ class Layer(Configurable):
     implement ``forward`` and ``backward`` (and ``build`` when they have parameters or
     change shapes). The class attributes and methods below that have defaults are
     optional: each says which part of deltaprop reads it.
+
+    Config:
+        dtype: float32 or float64: the dtype of the layer's parameters and outputs.
     """
 
     kind: ClassVar[str] = "layer"
@@ -285,6 +288,8 @@ class Layer(Configurable):
         node; returns its output tensor (a tuple of them for several outputs)."""
         where = f"node {name or self.label or self.name!r} ({self.name})"
         tensors = symbolic_inputs(inputs, where)
+        for t in tensors:
+            t.node.read_by(self.dtype, where)
         shapes = tuple(t.shape for t in tensors)
         if not self.built:
             try:

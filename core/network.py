@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from . import defaults
 from .errors import GraphError
 from .execution.hooks import Hook
 from .execution.state import CarriedState
@@ -23,7 +24,7 @@ from .tensor import Input, Tensor, seeded
 from .training import loop
 from .training.bptt import SequenceWindows
 from .training.distributed import as_distributed
-from .training.losses import LossSpec
+from .training.losses import LossSpec, resolve_optimizer
 from .visual.graph_svg import network_svg
 from .visual.trace_page import Trace
 
@@ -44,16 +45,18 @@ class Network(Graph):
         return loop.train_step(self, x, y, loss=loss, optimizer=optimizer,
                                loss_weights=loss_weights)
 
-    def fit(self, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy",
-            optimizer: str | Optimizer = "adam", epochs: int = 10, batch_size: int = 32,
-            validation: tuple[Any, Any] | None = None, seed: int | None = None,
+    def fit(self, x: Any, y: Any, *, loss: LossSpec = defaults.LOSS,
+            optimizer: str | Optimizer = defaults.OPTIMIZER, lr: float | None = None,
+            epochs: int = defaults.EPOCHS, batch_size: int = defaults.BATCH_SIZE,
+            validation: tuple[Any, Any] | None = None, seed: int | None = defaults.SEED,
             shuffle: bool = True, progress: bool | None = None,
             on_epoch_end: Callable[[int, loop.History], None] | None = None,
             checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
             checkpoint_every: int | None = None, detect_anomaly: bool = False,
             distributed: Any = None, bptt: int | None = None, loss_weights: Weights = None,
-            hooks: Sequence[Hook] = ()) -> loop.History:
-        """Train on ``(x, y)`` with mini-batches; runs with the same ``seed`` are identical.
+            hooks: Sequence[Hook] = (), **optimizer_settings: Any) -> loop.History:
+        """Train on ``(x, y)`` with mini-batches; runs with the same ``seed`` are identical
+        (the defaults are those of ``deltaprop train``: see ``deltaprop.defaults``).
 
         ``x`` is an array, or a list with one array per input. With one output ``y`` is
         an array and ``loss`` one loss; with several, ``y`` is a list (one array per
@@ -62,7 +65,8 @@ class Network(Graph):
         not trained), weighted by ``loss_weights`` (a list or dict, default 1 each).
         An output of shape (N, T, C) trains with class labels of shape (N, T) or
         one-hot targets of its own shape. An optimizer given by name is created once
-        per network and keeps its state.
+        per network and keeps its state; ``lr`` and any other keyword
+        (``momentum=0.9``...) configure it (without ``lr``, the optimizer's own).
 
         A tqdm bar shows progress (off when not a terminal or with ``progress=False``);
         ``hooks`` watch every node and step of this run (see ``deltaprop.Hook``).
@@ -77,6 +81,10 @@ class Network(Graph):
         windows of k steps, the recurrent state carried between them (the network
         takes k steps). Every combination of these runs the same step.
         """
+        if lr is not None:
+            optimizer_settings["lr"] = lr
+        if optimizer_settings:
+            optimizer = resolve_optimizer(self, optimizer, optimizer_settings)
         return loop.fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
                         batch_size=batch_size, validation=validation, seed=seed,
                         shuffle=shuffle, progress=progress, on_epoch_end=on_epoch_end,
@@ -106,7 +114,7 @@ class Network(Graph):
         outputs. ``state`` carries recurrent state from the last call (generation)."""
         return loop.predict(self, x, batch_size=batch_size, state=state)
 
-    def evaluate(self, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy",
+    def evaluate(self, x: Any, y: Any, *, loss: LossSpec = defaults.LOSS,
                  batch_size: int = 256, loss_weights: Weights = None,
                  distributed: Any = None, bptt: int | None = None) -> dict[str, float]:
         """Mean loss over ``(x, y)`` and, for classifying outputs, the accuracy (over

@@ -80,6 +80,10 @@ class Node:
         self.outputs = tuple(Tensor(self, i, s, d)
                              for i, (s, d) in enumerate(zip(output_shapes, output_dtypes)))
 
+    def read_by(self, dtype: str, reader: str) -> None:
+        """A layer of ``dtype`` (``reader`` names it) takes one of this node's outputs.
+        Only an input whose dtype was left out cares (see ``Input``)."""
+
     @property
     def display_name(self) -> str:
         if self.name:
@@ -90,15 +94,39 @@ class Node:
 
 
 class InputNode(Node):
-    """A network input: no layer, one output."""
+    """A network input: no layer, one output. Without a dtype of its own it takes that
+    of the first layer reading it (float32 until one does), and refuses a reader of
+    another dtype."""
 
-    def __init__(self, shape: Shape, dtype: str, name: str | None) -> None:
-        super().__init__(None, (), [shape], [dtype], name)
+    def __init__(self, shape: Shape, dtype: str | None, name: str | None) -> None:
+        super().__init__(None, (), [shape], [dtype or DEFAULT_DTYPE], name)
+        self.dtype_given = dtype is not None
+        self.first_reader: tuple[str, str] | None = None  # (dtype, who)
+
+    def read_by(self, dtype: str, reader: str) -> None:
+        if self.dtype_given:
+            return
+        if self.first_reader is None:
+            self.first_reader = (dtype, reader)
+            self.outputs[0].dtype = dtype
+        elif self.first_reader[0] != dtype:
+            first_dtype, first = self.first_reader
+            raise GraphError(f"input {self.display_name!r} has no dtype of its own and is "
+                             f"read by {first} of dtype {first_dtype} and by {reader} of "
+                             f"dtype {dtype}; "
+                             f"give the layers one dtype, or the input one "
+                             f"(Input(..., dtype=...))")
 
 
-def Input(shape: int | Sequence[int], name: str | None = None, dtype: str = "float32"
+#: the dtype of an input that no layer reads and whose dtype was left out
+DEFAULT_DTYPE = "float32"
+
+
+def Input(shape: int | Sequence[int], name: str | None = None, dtype: str | None = None
           ) -> Tensor:
-    """A network input of ``shape`` (batch dimension left out)."""
+    """A network input of ``shape`` (batch dimension left out). Without ``dtype`` it takes
+    the dtype of the layers that read it (which must then agree), so float64 layers get
+    float64 inputs; give it ("float32", "int64"...) to have the data converted to it."""
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     try:
@@ -108,8 +136,8 @@ def Input(shape: int | Sequence[int], name: str | None = None, dtype: str = "flo
                          f"got {shape!r}") from None
     if any(d <= 0 for d in shape):
         raise ShapeError(f"input {name or ''!r}: shape entries must be positive, got {shape}")
-    dtype = np.dtype(dtype).name
-    return InputNode(shape, dtype, name).outputs[0]
+    return InputNode(shape, None if dtype is None else np.dtype(dtype).name,
+                     name).outputs[0]
 
 
 def symbolic_inputs(inputs: Sequence[Any], where: str) -> tuple[Tensor, ...]:

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 import deltaprop
+from deltaprop.cli import DefaultsHelpFormatter
 
 FORTUNES = "/usr/share/games/fortunes"
 
@@ -104,21 +105,24 @@ def sample(net_1step: deltaprop.Network, chars: list[str], start: str, n: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--text", help="a UTF-8 text file (default: Debian's fortunes)")
     parser.add_argument("--chars", type=int, default=400_000,
-                        help="use this many characters of the corpus (0: all)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--units", type=int, default=256)
-    parser.add_argument("--embed", type=int, default=32)
+                        help="characters of the text to train on")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the text")
+    parser.add_argument("--units", type=int, default=256, help="LSTM hidden units")
+    parser.add_argument("--embed", type=int, default=32, help="character embedding size")
     parser.add_argument("--window", type=int, default=128, help="characters per sequence")
     parser.add_argument("--bptt", type=int, default=32, help="steps per truncated chunk")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.003)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per step")
+    parser.add_argument("--lr", type=float, default=0.003, help="Adam's learning rate")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, the shuffle and the sampling")
     parser.add_argument("--sample", type=int, default=400, help="characters to generate")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--prompt", default="The ")
+    parser.add_argument("--temperature", type=float, default=0.7,
+                        help="sampling temperature (lower: safer, more repetitive)")
+    parser.add_argument("--prompt", default="The ", help="text the sample starts from")
     args = parser.parse_args(argv)
     if args.window % args.bptt:
         parser.error("--window must be a multiple of --bptt")

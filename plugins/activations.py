@@ -127,7 +127,11 @@ class ReLU(Activation):
 
 
 class Softmax(Layer):
-    """Normalised exponentials over ``axis``; backward is y * (g - sum(g * y))."""
+    """Normalised exponentials over ``axis``; backward is y * (g - sum(g * y)).
+
+    Config:
+        axis: the axis normalised over (the batch is axis 0; default the last).
+    """
 
     name = "softmax"
     examples = [{"config": {}, "input_shapes": [(6,)]},

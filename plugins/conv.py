@@ -532,7 +532,22 @@ _ALGORITHMS = {"direct": (direct_forward, direct_backward), "fft": (fft_forward,
 # layers
 # --------------------------------------------------------------------------------------
 class Conv2D(Layer):
-    """2-D cross-correlation (what deep learning calls convolution) over NCHW inputs."""
+    """2-D cross-correlation (what deep learning calls convolution) over NCHW inputs.
+
+    Config:
+        filters: output channels.
+        kernel_size: window size, an int or one per spatial axis.
+        stride: step between windows, an int or one per spatial axis.
+        padding: "valid" (none), "same" (output as large as the input at stride 1), an int
+            or one per spatial axis.
+        dilation: spacing between kernel taps, an int or one per spatial axis.
+        use_bias: add a bias per filter.
+        in_channels: input channels, checked when given (else taken from the input).
+        algorithm: "auto" (picked per shape), "direct" (im2col + GEMM) or "fft"
+            (scipy.fft).
+        kernel_initializer: initializer of ``W`` (filters, in_channels, *kernel_size).
+        bias_initializer: initializer of ``b``.
+    """
 
     name = "conv2d"
     #: how many spatial axes the config's kernel_size, stride, padding and dilation have
@@ -718,7 +733,13 @@ class Conv1D(Conv2D):
 # pooling
 # --------------------------------------------------------------------------------------
 class _Pool2D(Layer):
-    """Shared config and geometry of the windowed pools (no dilation)."""
+    """Shared config and geometry of the windowed pools (no dilation).
+
+    Config:
+        kernel_size: window size, an int or (height, width).
+        stride: step between windows (default: the window size).
+        padding: rows and columns added on each side, an int or (height, width).
+    """
 
     def __init__(self, kernel_size: int | Sequence[int] = 2, *,
                  stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0,

@@ -13,9 +13,17 @@ from deltaprop.errors import ShapeError
 
 
 class Dense(Layer):
-    """``W`` has shape (in_features, units) and ``b`` (units,); inputs of shape
-    (..., in_features) are mapped over their last axis (so a sequence of vectors
-    needs no wrapper)."""
+    """Fully connected: y = x @ W + b. ``W`` has shape (in_features, units) and ``b``
+    (units,); inputs of shape (..., in_features) are mapped over their last axis (so a
+    sequence of vectors needs no wrapper).
+
+    Config:
+        units: output features (the size of the new last axis).
+        use_bias: add the bias ``b``.
+        kernel_initializer: initializer of ``W`` (a registry name, see `deltaprop layers
+            --kind initializer`).
+        bias_initializer: initializer of ``b``.
+    """
 
     name = "dense"
     examples = [

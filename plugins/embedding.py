@@ -28,7 +28,13 @@ SAMPLE_IDS = 4
 
 class Embedding(Layer):
     """``W`` (input_dim, output_dim); ids of any shape (...) give vectors (..., output_dim).
-    The ids may arrive as integers or as floats holding whole numbers."""
+    The ids may arrive as integers or as floats holding whole numbers.
+
+    Config:
+        input_dim: how many ids there are (ids run from 0 to input_dim - 1).
+        output_dim: length of each id's vector.
+        embeddings_initializer: initializer of ``W``.
+    """
 
     name = "embedding"
     examples = [

@@ -207,7 +207,11 @@ class CrossEntropy(ClassTargets):
 
 class BinaryCrossEntropy(Loss):
     """Mean binary cross-entropy over all elements, on probabilities or, with
-    ``from_logits``, on logits (then stable and exact)."""
+    ``from_logits``, on logits (then stable and exact).
+
+    Config:
+        from_logits: the output is a logit (no sigmoid applied yet), not a probability.
+    """
 
     name = "binary_cross_entropy"
     classification = False

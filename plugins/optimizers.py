@@ -11,7 +11,14 @@ from deltaprop.optimizer import Optimizer
 
 
 class SGD(Optimizer):
-    """p -= lr * (g + wd p), through a momentum buffer when ``momentum`` > 0."""
+    """p -= lr * (g + wd p), through a momentum buffer when ``momentum`` > 0.
+
+    Config:
+        lr: learning rate.
+        momentum: momentum factor (0: plain SGD).
+        nesterov: Nesterov momentum.
+        weight_decay: L2 penalty added to the gradient (wd * p).
+    """
 
     name = "sgd"
 
@@ -34,7 +41,14 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adaptive moments with bias correction (Kingma & Ba)."""
+    """Adaptive moments with bias correction (Kingma & Ba).
+
+    Config:
+        lr: learning rate.
+        beta1: decay of the running mean of gradients.
+        beta2: decay of the running mean of squared gradients.
+        eps: added to the denominator, for stability.
+    """
 
     name = "adam"
 

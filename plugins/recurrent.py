@@ -650,7 +650,21 @@ def _add_contiguous(layer: Layer, name: str, shape: Shape, init: str, rng: Any,
 
 
 class Recurrent(Layer):
-    """Base of ``rnn``, ``lstm`` and ``gru``; subclasses set ``cell``."""
+    """Base of ``rnn``, ``lstm`` and ``gru``; subclasses set ``cell``.
+
+    Config:
+        units: size of the hidden state (and of each output step).
+        return_sequences: output every step (batch, T, units), not only the last (batch,
+            units).
+        return_state: also output the final states (h, and c for lstm).
+        reverse: read the sequence from its last step to its first.
+        initial_state: take the initial states as extra inputs (else zeros).
+        use_lengths: take each sequence's length as a last input; steps past it are
+            ignored.
+        kernel_initializer: initializer of the input weights ``W_x``.
+        recurrent_initializer: initializer of the recurrent weights ``W_h``.
+        bias_initializer: initializer of ``b_x`` and ``b_h``.
+    """
 
     cell: ClassVar[str] = ""
     n_inputs = None
@@ -783,7 +797,11 @@ def _shapes_note(layer: Layer, input_shapes: Sequence[Shape]) -> str:
 
 
 class RNN(Recurrent):
-    """Elman RNN: h_t = act(x_t W_x + b_x + h_{t-1} W_h + b_h), act tanh or relu."""
+    """Elman RNN: h_t = act(x_t W_x + b_x + h_{t-1} W_h + b_h), act tanh or relu.
+
+    Config:
+        activation: "tanh" or "relu".
+    """
 
     name = "rnn"
     cell = "rnn"
@@ -875,6 +893,18 @@ class Bidirectional(Layer):
     concatenated sequence (or final outputs: the forward direction's last step and the
     backward direction's first); with ``return_state`` then the forward final states and
     the backward final states. Parameters are ``forward_W_x`` ... ``backward_b_h``.
+
+    Config:
+        cell: "rnn", "lstm" or "gru", run in both directions.
+        units: size of each direction's hidden state (outputs have 2 * units features).
+        activation: "tanh" or "relu" (cell "rnn" only).
+        return_sequences: output every step, not only the final outputs.
+        return_state: also output both directions' final states.
+        initial_state: take both directions' initial states as extra inputs.
+        use_lengths: take each sequence's length as a last input.
+        kernel_initializer: initializer of the input weights.
+        recurrent_initializer: initializer of the recurrent weights.
+        bias_initializer: initializer of the biases.
     """
 
     name = "bidirectional"
@@ -1008,6 +1038,10 @@ class TimeDistributed(Layer):
 
     (``dense`` already maps over leading axes; this wrapper makes any layer do so, e.g.
     an ``lstm`` over each of several sequences.)
+
+    Config:
+        wrap: the registry name of the layer applied to every step.
+        config: the wrapped layer's config (a table).
     """
 
     name = "time_distributed"

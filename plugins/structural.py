@@ -1,4 +1,5 @@
-"""Layers that route values rather than compute: add, concat, split, flatten, reshape.
+"""Layers that route values rather than compute: add, concat, split, flatten, reshape,
+transpose.
 They carry no parameters and cache only the shapes their backward needs."""
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ class Add(Layer):
 
 
 class Concat(Layer):
-    """Joins n inputs along ``axis`` (counted with the batch axis as 0, default last)."""
+    """Joins n inputs along ``axis`` (counted with the batch axis as 0, default last).
+
+    Config:
+        axis: the axis joined along (the batch is axis 0; default the last).
+    """
 
     name = "concat"
     n_inputs = None
@@ -112,7 +117,12 @@ class Concat(Layer):
 
 class Split(Layer):
     """Cuts one input along ``axis`` into ``sections`` equal parts, or parts of the
-    listed sizes: a node with several outputs."""
+    listed sizes: a node with several outputs.
+
+    Config:
+        sections: a number of equal parts, or a list of part sizes.
+        axis: the axis cut along (the batch is axis 0; default the last).
+    """
 
     name = "split"
     examples = [{"config": {"sections": 2}, "input_shapes": [(6,)]},
@@ -167,7 +177,11 @@ class Split(Layer):
 
 
 class Reshape(Layer):
-    """Gives each sample a new shape with the same number of values; one entry may be -1."""
+    """Gives each sample a new shape with the same number of values; one entry may be -1.
+
+    Config:
+        target_shape: the new shape of a sample (batch left out); one entry may be -1.
+    """
 
     name = "reshape"
     examples = [{"config": {"target_shape": [3, 2]}, "input_shapes": [(6,)]},
@@ -223,6 +237,46 @@ class Flatten(Reshape):
         super().__init__([-1], dtype=dtype, label=label)
 
 
+class Transpose(Layer):
+    """Permutes the non-batch axes of each sample, as Keras's Permute: ``axes = [2, 1]``
+    turns (batch, T, F) into (batch, F, T), e.g. an embedding's (steps, features) into
+    conv1d's (channels, length). The output is a view of the input.
+
+    Config:
+        axes: the new order of the non-batch axes, numbered from 1 (a permutation of 1 to
+            the number of axes): output axis i is input axis ``axes[i - 1]``.
+    """
+
+    name = "transpose"
+    examples = [{"config": {"axes": [2, 1]}, "input_shapes": [(3, 4)],
+                 "bad_input_shapes": [[(3, 4, 2)], [(6,)]]},
+                {"config": {"axes": [3, 1, 2]}, "input_shapes": [(2, 3, 4)]}]
+
+    def __init__(self, axes: list[int], *, dtype: str = "float32",
+                 label: str | None = None) -> None:
+        super().__init__(dtype=dtype, label=label)
+        if not isinstance(axes, (list, tuple)) or not axes or not all(
+            isinstance(a, int) and not isinstance(a, bool) for a in axes
+        ) or sorted(axes) != list(range(1, len(axes) + 1)):
+            raise ConfigError(f"transpose: axes must be a permutation of the non-batch axes "
+                              f"numbered from 1 (e.g. [2, 1]), got {axes!r}")
+        self.axes = tuple(axes)
+        self._forward = (0, *self.axes)
+        self._backward = tuple(int(i) for i in np.argsort(self._forward))
+
+    def build(self, input_shapes: Sequence[Shape], rng: Any = None) -> tuple[Shape]:
+        self.expect_inputs(input_shapes, ndim=len(self.axes))
+        shape = tuple(input_shapes[0])
+        return (tuple(shape[a - 1] for a in self.axes),)
+
+    def forward(self, inputs: tuple[np.ndarray, ...], *, train: bool) -> tuple[Any, Any]:
+        return (inputs[0].transpose(self._forward),), (True if train else None)
+
+    def backward(self, cache: Any, grad_outputs: tuple[np.ndarray, ...], *,
+                 needs_grad: Sequence[bool] | None = None) -> Grads:
+        return (grad_outputs[0].transpose(self._backward),), {}
+
+
 @hookimpl
 def deltaprop_register_layers() -> list[type[Layer]]:
-    return [Add, Concat, Split, Flatten, Reshape]
+    return [Add, Concat, Split, Flatten, Reshape, Transpose]

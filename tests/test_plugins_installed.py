@@ -1,18 +1,22 @@
 """Discovery against real installed distributions: the fixture plugins under
-tests/fixtures/plugins (installed by `tox -e contrib`; the tests skip elsewhere) each
-break in one way. For each, `deltaprop plugins` says what happened and why, the rest
-of the registry works, and strict mode turns it into an error. Also the version
-check a plugin module can declare without being installed, and the entry-point scan
-cache."""
+tests/fixtures/plugins each break in one way. `tox -e contrib` installs them into its
+environment; elsewhere pip installs them into a throwaway folder put on the path of
+these tests only (a plugin that fails would otherwise warn on every deltaprop command).
+For each, `deltaprop plugins` says what happened and why, the rest of the registry
+works, and strict mode turns it into an error. Also the version check a plugin module
+can declare without being installed, and the entry-point scan cache."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import types
+from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -44,14 +48,47 @@ def installed(distribution: str) -> bool:
     return True
 
 
-needs_fixtures = pytest.mark.skipif(
-    not all(installed(dist) for dist, _ in FIXTURES.values()),
-    reason="fixture plugins not installed (tox -e contrib installs tests/fixtures/plugins/*)")
+FIXTURE_SOURCES = Path(__file__).resolve().parent / "fixtures" / "plugins"
+#: the throwaway folder the fixtures were installed into, while this module runs
+_installed_into: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def fixture_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The fixture plugins, installed: as they are (tox -e contrib), or by pip into a
+    throwaway folder on sys.path and PYTHONPATH for this module's tests."""
+    if all(installed(dist) for dist, _ in FIXTURES.values()):
+        yield
+        return
+    if importlib.util.find_spec("pip") is None:
+        pytest.skip("pip is not in this environment (a tox-uv one): tox -e contrib installs "
+                    "the fixture plugins and runs these tests")
+    target = tmp_path_factory.mktemp("fixture-plugins")
+    # setuptools is there on Python < 3.12 venvs; elsewhere pip fetches it to build
+    isolation = [] if importlib.util.find_spec("setuptools") is None else [
+        "--no-build-isolation"]
+    folders = [str(FIXTURE_SOURCES / name) for name in
+               ("import_fails", "hook_raises", "duplicate_name", "unsupported_version")]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
+                    "--target", str(target), *folders], check=True, timeout=600)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(target))
+        _installed_into.append(str(target))
+        try:
+            yield
+        finally:
+            _installed_into.clear()
+
+
+needs_fixtures = pytest.mark.usefixtures("fixture_plugins")
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("DELTAPROP_STRICT_PLUGINS", "DELTAPROP_DISABLE_PLUGINS")}
+    if _installed_into:
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [*_installed_into, *filter(None, [os.environ.get("PYTHONPATH")])])
     full_env.update(env)
     return subprocess.run([sys.executable, "-m", "deltaprop", *args], capture_output=True,
                           text=True, env=full_env, timeout=120)

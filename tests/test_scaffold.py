@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,7 +128,8 @@ def test_a_generated_package_installs_into_a_fresh_venv_and_passes_the_kit(tmp_p
     _run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", plugin)
 
     rows = json.loads(_run(bindir / "deltaprop", "layers", "--json").stdout)
-    mine = [r for r in rows if r["name"] == "acme_layers_scale"]
+    mine = [{k: r[k] for k in ("name", "kind", "plugin", "distribution", "version")}
+            for r in rows if r["name"] == "acme_layers_scale"]
     assert mine == [{"name": "acme_layers_scale", "kind": "layer", "plugin": "acme_layers",
                      "distribution": "acme-layers", "version": "0.1.0"}]
     tests = _run(python, "-m", "pytest", "-v", "-p", "no:cacheprovider", cwd=plugin).stdout
@@ -138,3 +140,31 @@ def test_a_generated_package_installs_into_a_fresh_venv_and_passes_the_kit(tmp_p
     _run(python, "-m", "pip", "uninstall", "-y", "-q", "acme-layers")
     rows = json.loads(_run(bindir / "deltaprop", "layers", "--json").stdout)
     assert "acme_layers_scale" not in {r["name"] for r in rows}
+
+
+@pytest.mark.slow  # builds a venv and installs deltaprop and the plugin into it
+def test_the_generated_readme_installs_into_a_fresh_venv(tmp_path):
+    """The generated README's Develop commands, as written, in a fresh venv: the first
+    installs the deltaprop the package was made with (this checkout, not on any index)."""
+    if not (ROOT / "pyproject.toml").exists() or not (ROOT / "core").is_dir():
+        pytest.skip("needs the deltaprop source tree")
+    from deltaprop.testing.scaffold import deltaprop_install
+
+    if deltaprop_install() == "pip install deltaprop":
+        pytest.skip("this deltaprop came from a package index: the README says "
+                    "`pip install deltaprop`, which this test cannot run offline")
+    plugin = tmp_path / "acme-layers"
+    _run(sys.executable, "-m", "deltaprop", "plugin", "new", "acme-layers", "--dir", plugin)
+    readme = (plugin / "README.md").read_text()
+    develop = readme.split("## Develop", 1)[1].split("```")[1]
+    commands = [line.split("#")[0].strip() for line in develop.splitlines()
+                if line.startswith("pip install")]
+    assert commands[0] == deltaprop_install() and len(commands) == 2, commands
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    bindir = env_dir / ("Scripts" if os.name == "nt" else "bin")
+    for command in commands:
+        _run(bindir / "pip", "install", "-q", *shlex.split(command)[2:], cwd=plugin)
+    tests = _run(bindir / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                 cwd=plugin).stdout
+    assert "3 passed" in tests, tests

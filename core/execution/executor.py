@@ -1,6 +1,7 @@
 """The executor: runs a plan forward (and once backward) and owns that call's state.
 
-Forward in training mode keeps each step's cache in this executor; backward walks
+Forward in training mode keeps each step's cache in this executor, and returns its
+outputs as read-only views (a cache may need their buffers); backward walks
 the plan in reverse, sums the deltas of a value's readers into buffers it owns
 (never in place into an array a layer returned), hands each step its summed delta,
 sums parameter gradients (shared layers get one sum) and frees each cache as soon
@@ -155,6 +156,11 @@ class Executor:
                     plan.layouts[layout_key] = (list(sizes), tracker.current)
                     self._tracker = None
             self.peak_cache_bytes = self.cache_bytes
+            # a cache may still need an output's buffer (a sigmoid caches its output, a
+            # dense layer its input): writing into it would change backward, so every
+            # layer's outputs come out read-only until the next call
+            return [memory.read_only(wanted[s] if s in wanted else values[s])
+                    for s in out_slots]
         return [wanted[s] if s in wanted else values[s] for s in out_slots]
 
     def _release(self) -> None:

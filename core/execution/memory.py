@@ -78,6 +78,15 @@ def sole_owner(array: Any) -> bool:
             and array.base is None and array.flags.writeable)
 
 
+def read_only(value: Any) -> Any:
+    """A read-only view of an array (anything else as it is): what a training forward
+    hands out, since a cache may still need the array's buffer for backward."""
+    if isinstance(value, np.ndarray) and value.flags.writeable:
+        value = value.view()
+        value.flags.writeable = False
+    return value
+
+
 # -- accounting ---------------------------------------------------------------------------
 def root_of(array: np.ndarray) -> np.ndarray:
     """The array that owns the memory a view looks at."""

@@ -71,6 +71,9 @@ class Graph:
         self.hooks: list[Hook] = []
         #: the ``[train]`` table of the spec the network came from (loss, optimizer, ...)
         self.train_config: dict[str, Any] = {}
+        #: what the network was trained on, saved with it: ``name``, ``source`` (as
+        #: given to ``--data``) and ``sample_shape`` (not the data itself)
+        self.trained_on: dict[str, Any] = {}
         #: the last backward's summed parameter gradients, keyed like ``params``
         self.grads: dict[str, np.ndarray] = {}
         #: bytes the last training call's caches held now, and at most

@@ -22,6 +22,7 @@ from ..storage.model_format import (
     PARAM_PREFIX,
     model_arrays,
     model_meta,
+    trained_on,
 )
 from ..storage.npz import NpzReader, guarded, write_npz
 from .spec import load_spec
@@ -76,6 +77,7 @@ def _load(path: str | os.PathLike[str]) -> Network:
                 raise ModelFileError(f"{where}: parameter {key!r} holds NaN or infinite "
                                      f"values")
             layer.params[pname] = value
+        net.trained_on = trained_on(meta)
         return net
 
 

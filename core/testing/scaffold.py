@@ -10,12 +10,15 @@ and a README that says how to develop, test and publish it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import keyword
 import re
+import shlex
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 from string import Template
+from urllib.parse import unquote, urlparse
 
 from ..errors import ConfigError
 from ..storage.files import write_bytes
@@ -66,6 +69,28 @@ def shadowed_module(module: str) -> str | None:
     return f"the installed module at {spec.origin or spec.submodule_search_locations}"
 
 
+def deltaprop_install() -> str:
+    """The pip command that installs the deltaprop running now into another environment:
+    from the folder or wheel file it was installed from (``pip install [-e] PATH``, as a
+    source checkout is) or the folder it is running from, else from the package index."""
+    for dist in distributions(name="deltaprop"):  # a checkout's egg-info may come first
+        try:
+            origin = json.loads(dist.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        url = origin.get("url", "") if isinstance(origin, dict) else ""
+        dir_info = origin.get("dir_info") if isinstance(origin, dict) else None
+        if not url.startswith("file://"):
+            continue
+        local = shlex.quote(unquote(urlparse(url).path))  # a folder, or a wheel file
+        editable = isinstance(dir_info, dict) and dir_info.get("editable")
+        return f"pip install -e {local}" if editable else f"pip install {local}"
+    checkout = Path(__file__).resolve().parents[2]  # core/testing/ -> the source tree
+    if (checkout / "pyproject.toml").is_file() and (checkout / "core").is_dir():
+        return f"pip install -e {shlex.quote(str(checkout))}"
+    return "pip install deltaprop"
+
+
 def render(name: str, deltaprop_version: str | None = None) -> dict[str, str]:
     """The files of a new plugin package: relative path -> text."""
     dist, module = names_for(name)
@@ -78,7 +103,7 @@ def render(name: str, deltaprop_version: str | None = None) -> dict[str, str]:
     values = {
         "dist": dist, "module": module, "layer": f"{module}_scale",
         "class_name": "".join(p.capitalize() for p in module.split("_")) + "Scale",
-        "oldest": oldest, "unsupported": unsupported,
+        "oldest": oldest, "unsupported": unsupported, "install_deltaprop": deltaprop_install(),
         "envlist": ", ".join(f"py{p.replace('.', '')}-{{oldest,latest}}" for p in PYTHONS),
         "pythons": ", ".join(PYTHONS),
         "classifiers": "\n".join(f'    "Programming Language :: Python :: {p}",'
@@ -270,6 +295,7 @@ A [deltaprop](https://pypi.org/project/deltaprop/) layer plugin. Installed, it a
 the layer `$layer` to the registry:
 
 ```
+$install_deltaprop   # the deltaprop this package was made with
 pip install .
 deltaprop layers          # $layer  layer  $module  $dist  0.1.0
 ```
@@ -280,6 +306,7 @@ and it can be used by name, in Python (`deltaprop.create("$layer")`) or in a spe
 ## Develop
 
 ```
+$install_deltaprop   # first, in a fresh environment
 pip install -e '.[test]'
 pytest                    # the conformance kit over every layer of this distribution
 deltaprop check --distribution $dist   # the same, as a table

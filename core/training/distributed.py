@@ -41,6 +41,7 @@ from ..graph.graph import Graph
 from ..optimizer import Optimizer
 from .checkpoint import Checkpointer, TrainingInterrupted
 from .step import Reducer
+from .threads import ThreadPlan, limited_threads, plan_threads
 
 #: seconds a collective may wait for the other ranks before giving up
 TIMEOUT_ENV = "DELTAPROP_MPI_TIMEOUT"
@@ -114,6 +115,19 @@ class Distributed:
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    def ranks_on_this_machine(self) -> int:
+        """How many ranks of this job share this rank's machine (its memory)."""
+        local = self.comm.Split_type(self._MPI.COMM_TYPE_SHARED)
+        try:
+            return int(local.Get_size())
+        finally:
+            local.Free()
+
+    def thread_plan(self, requested: int | None = None) -> ThreadPlan:
+        """The BLAS/OpenMP threads this rank should run so that the ranks on its machine
+        do not oversubscribe its cores (``limited_threads`` applies it)."""
+        return plan_threads(self.ranks_on_this_machine(), requested)
 
     def __repr__(self) -> str:
         return f"<Distributed rank {self.rank} of {self.size}, timeout {self.timeout:g} s>"
@@ -411,15 +425,19 @@ class AllreduceGradients(Reducer):
         return bool(flags[0])
 
 
-def run_on_ranks(command: Callable[..., int], args: Any, *, timeout: float | None = None
-                 ) -> int:
+def run_on_ranks(command: Callable[..., int], args: Any, *, timeout: float | None = None,
+                 threads: int | None = None) -> int:
     """Run a CLI command on this rank: ``command(args, distributed)`` with stdout on rank 0
-    only, and a failure on any rank ending the whole job with its message."""
+    only, and a failure on any rank ending the whole job with its message. Each rank runs
+    ``threads`` BLAS/OpenMP threads, by default the cores of its machine shared out
+    among the ranks on it (see ``deltaprop.training.threads``)."""
     distributed = Distributed(timeout=timeout)
-    with distributed.abort_on_error(), distributed.root_output_only():
+    with distributed.abort_on_error(), distributed.root_output_only(), \
+            limited_threads(distributed.thread_plan(threads)) as plan:
         if distributed.is_root:
             print(f"distributed over {distributed.size} MPI rank(s), batch size per rank; "
                   f"{_mpi().Get_library_version().splitlines()[0].strip()}")
+            print(plan.reason)
         return command(args, distributed)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults
 from ..errors import DataError, TrainingError
 from ..execution.hooks import Hook, bound
 from ..execution.state import CarriedState
@@ -141,9 +142,10 @@ def _step_for(graph: Graph, loss: LossSpec, optimizer: Optimizer,
     return entry[1]
 
 
-def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = "softmax_cross_entropy",
-        optimizer: str | Optimizer = "adam", epochs: int = 10, batch_size: int = 32,
-        validation: tuple[Any, Any] | None = None, seed: int | None = None,
+def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = defaults.LOSS,
+        optimizer: str | Optimizer = defaults.OPTIMIZER, epochs: int = defaults.EPOCHS,
+        batch_size: int = defaults.BATCH_SIZE,
+        validation: tuple[Any, Any] | None = None, seed: int | None = defaults.SEED,
         shuffle: bool = True, progress: bool | None = None,
         on_epoch_end: Callable[[int, History], None] | None = None,
         checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
@@ -299,7 +301,7 @@ def accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 def evaluate(graph: Graph, x: Any, y: Any, *, loss: LossSpec | OutputLosses =
-             "softmax_cross_entropy", batch_size: int = 256, loss_weights: Weights = None,
+             defaults.LOSS, batch_size: int = 256, loss_weights: Weights = None,
              reducer: Reducer | None = None, windows: SequenceWindows | None = None,
              checked: bool = False) -> dict[str, float]:
     """Mean loss over ``(x, y)`` (per position, as the loss defines), and the accuracy

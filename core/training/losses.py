@@ -44,11 +44,31 @@ def resolve_loss(graph: Graph, loss: str | Loss) -> Loss:
     return _by_name(graph, "loss", loss, create_loss)
 
 
-def resolve_optimizer(graph: Graph, optimizer: str | Optimizer) -> Optimizer:
-    """An optimizer given by name is created once per network, so its state persists."""
+def resolve_optimizer(graph: Graph, optimizer: str | Optimizer,
+                      settings: Mapping[str, Any] | None = None) -> Optimizer:
+    """An optimizer given by name is created once per network (and per ``settings``,
+    its config such as ``lr``), so its state persists from one call to the next."""
     if isinstance(optimizer, Optimizer):
+        if settings:
+            raise ConfigError(f"network {graph.name!r}: optimizer settings "
+                              f"{', '.join(sorted(settings))} given with an optimizer "
+                              f"object; set them when you create it, or name the optimizer "
+                              f"(optimizer={optimizer.name!r})")
         return optimizer
-    return _by_name(graph, "optimizer", optimizer, create_optimizer)
+    if not settings:
+        return _by_name(graph, "optimizer", optimizer, create_optimizer)
+    if not isinstance(optimizer, str):
+        raise ConfigError(f"network {graph.name!r}: an optimizer is a registry name or a "
+                          f"deltaprop.Optimizer, got {type(optimizer).__name__}")
+    named = components(graph)
+    key = ("optimizer", optimizer, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    if key not in named:
+        try:
+            named[key] = create_optimizer(optimizer, **settings)
+        except ConfigError as exc:
+            raise ConfigError(f"fit: {exc} (a keyword fit does not take is the "
+                              f"optimizer's)") from None
+    return named[key]
 
 
 def _by_name(graph: Graph, kind: str, name: Any, create: Callable[[str], Any]) -> Any:
