@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from test_distributed import MPIEXEC
 
 from deltaprop import cli
 from deltaprop.training.threads import THREAD_VARIABLES, current_threads, plan_threads
@@ -65,16 +65,6 @@ def test_threads_must_be_positive(capsys):
     assert "--threads: must be a positive integer" in capsys.readouterr().err
 
 
-def _mpiexec() -> str | None:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return None
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-MPIEXEC = _mpiexec()
 
 RANK_SCRIPT = textwrap.dedent("""
     import json, sys

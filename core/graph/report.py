@@ -155,25 +155,39 @@ class MemoryWatcher(Hook):
     def _describe(self, cache: Any, inputs: Sequence[Any], outputs: Sequence[Any],
                   layer_name: str, charge: Any) -> list[CachedItem]:
         items = []
-        seen: set[int] = set()
-        for array in arrays_in(cache):
-            root_id = id(root_of(array))
-            if root_id in seen:
-                continue
-            seen.add(root_id)
+        for array, root_id, role in cache_roles(cache, inputs, outputs):
             what, why = "intermediate", f"computed in forward, read by {layer_name} backward"
-            for i, x in enumerate(inputs):
-                if isinstance(x, np.ndarray) and id(root_of(x)) == root_id:
-                    what, why = f"input {i}", f"{layer_name} backward needs its input"
-            for i, y in enumerate(outputs):
-                if isinstance(y, np.ndarray) and id(root_of(y)) == root_id:
-                    what, why = (f"output {i}",
-                                 f"{layer_name} derivative is written from its output")
+            if role.startswith("input"):
+                what, why = role, f"{layer_name} backward needs its input"
+            elif role.startswith("output"):
+                what, why = role, f"{layer_name} derivative is written from its output"
             nbytes = charge(array)
             if not nbytes and root_id in self.first_name:
                 why += f"; same memory as counted at {self.first_name[root_id]}"
             items.append(CachedItem(what, nbytes, tuple(array.shape), why))
         return items
+
+
+def cache_roles(cache: Any, inputs: Sequence[Any], outputs: Sequence[Any]
+                ) -> list[tuple[np.ndarray, int, str]]:
+    """Each distinct buffer of a cache once, with the id of its base array and what it
+    is: ``input i``, ``output i`` (the same memory as that value) or ``computed``."""
+    roles = []
+    seen: set[int] = set()
+    for array in arrays_in(cache):
+        root_id = id(root_of(array))
+        if root_id in seen:
+            continue
+        seen.add(root_id)
+        role = "computed"
+        for i, x in enumerate(inputs):
+            if isinstance(x, np.ndarray) and id(root_of(x)) == root_id:
+                role = f"input {i}"
+        for i, y in enumerate(outputs):
+            if isinstance(y, np.ndarray) and id(root_of(y)) == root_id:
+                role = f"output {i}"
+        roles.append((array, root_id, role))
+    return roles
 
 
 def build_report(graph: Graph, x: Any, batch: int) -> MemoryReport:

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..execution.hooks import Hook
-from ..execution.memory import arrays_in, root_of
 from ..execution.step import Step
-from .report import fmt_bytes, step_layers
+from .report import cache_roles, fmt_bytes, step_layers
 
 if TYPE_CHECKING:
     from ..loss import Loss
@@ -378,22 +377,9 @@ def describe_cache(cache: Any, inputs: Sequence[Any], outputs: Sequence[Any]
                    ) -> list[dict[str, Any]]:
     """Each array of a cache: what it is (an input, an output, or computed in forward),
     its shape and bytes."""
-    items = []
-    seen: set[int] = set()
-    for array in arrays_in(cache):
-        root = id(root_of(array))
-        if root in seen:
-            continue
-        seen.add(root)
-        what = "computed in forward"
-        for i, x in enumerate(inputs):
-            if isinstance(x, np.ndarray) and id(root_of(x)) == root:
-                what = f"input {i}"
-        for i, y in enumerate(outputs):
-            if isinstance(y, np.ndarray) and id(root_of(y)) == root:
-                what = f"output {i}"
-        items.append({"what": what, "shape": list(array.shape), "bytes": int(array.nbytes)})
-    return items
+    return [{"what": "computed in forward" if role == "computed" else role,
+             "shape": list(array.shape), "bytes": int(array.nbytes)}
+            for array, _, role in cache_roles(cache, inputs, outputs)]
 
 
 def _g(value: Any) -> str:
