@@ -44,10 +44,21 @@ def stop_after(epoch_index):
 
 
 # -- item 2: a lock with the owner's pid ------------------------------------------------
+HOLD_LOCK = """
+import sys, time
+from deltaprop.storage.lock import PidLock
+PidLock(sys.argv[1], "checkpoint").acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_second_run_on_a_locked_directory_is_refused_naming_the_pid(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK,
+                               str(tmp_path / "checkpoint.npz.lock")],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / "checkpoint.npz.lock").write_text(f"{holder.pid}\n")
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         (tmp_path / ".checkpoint.npz.abc.tmp").write_bytes(b"being written")
         net, x, y = problem()
         with pytest.raises(CheckpointError, match=f"in use by process {holder.pid}"):
@@ -56,7 +67,7 @@ def test_a_second_run_on_a_locked_directory_is_refused_naming_the_pid(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    net, x, y = problem()  # the holder is gone: its lock is stale and is taken over
+    net, x, y = problem()  # the holder is gone, and the kernel released its lock with it
     fit(net, x, y, tmp_path, 1, resume=True)
     assert not (tmp_path / "checkpoint.npz.lock").exists(), "the lock outlived the run"
     assert not (tmp_path / ".checkpoint.npz.abc.tmp").exists()
