@@ -49,7 +49,11 @@ class KinkedActivation(InputActivation):
 
 class GELU(InputActivation):
     """x * Phi(x), Phi the standard normal CDF; ``approximate="tanh"`` uses the tanh
-    formula of Hendrycks & Gimpel (as BERT and GPT-2 did)."""
+    formula of Hendrycks & Gimpel (as BERT and GPT-2 did).
+
+    Config:
+        approximate: "none" (the exact erf form) or "tanh" (the tanh approximation).
+    """
 
     name = "gelu"
     examples = [*_EXAMPLES, {"config": {"approximate": "tanh"}, "input_shapes": [(4,)]}]
@@ -95,7 +99,11 @@ class SiLU(InputActivation):
 
 
 class LeakyReLU(KinkedActivation):
-    """x where positive, ``negative_slope * x`` elsewhere."""
+    """x where positive, ``negative_slope * x`` elsewhere.
+
+    Config:
+        negative_slope: factor applied to negative inputs, >= 0 (0: plain ReLU).
+    """
 
     name = "leaky_relu"
     examples = [*_EXAMPLES, {"config": {"negative_slope": 0.2}, "input_shapes": [(4,)]}]
@@ -113,7 +121,11 @@ class LeakyReLU(KinkedActivation):
 
 
 class ELU(KinkedActivation):
-    """x where positive, ``alpha * (exp(x) - 1)`` elsewhere (Clevert et al.)."""
+    """x where positive, ``alpha * (exp(x) - 1)`` elsewhere (Clevert et al.).
+
+    Config:
+        alpha: scale of the negative part (outputs approach -alpha as x falls), >= 0.
+    """
 
     name = "elu"
     examples = [*_EXAMPLES, {"config": {"alpha": 0.5}, "input_shapes": [(4,)]}]

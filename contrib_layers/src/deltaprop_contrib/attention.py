@@ -31,7 +31,15 @@ Shape = tuple[int, ...]
 
 
 class Attention(Layer):
-    """Multi-head attention: three inputs (query, key, value), one output."""
+    """Multi-head attention: three inputs (query, key, value), one output.
+
+    Config:
+        num_heads: number of heads, >= 1; must divide the query feature size.
+        causal: query i sees keys 0..i only (needs no more queries than keys).
+        use_bias: add the biases ``bq``, ``bv`` and ``bo`` (there is no key bias).
+        kernel_initializer: initializer of ``Wq``, ``Wk``, ``Wv`` and ``Wo`` (a registry
+            name).
+    """
 
     name = "attention"
     n_inputs = 3

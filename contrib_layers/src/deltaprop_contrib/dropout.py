@@ -24,7 +24,14 @@ from deltaprop.errors import ConfigError
 
 
 class Dropout(Layer):
-    """Inverted dropout (PyTorch's ``nn.Dropout``), seeded."""
+    """Inverted dropout (PyTorch's ``nn.Dropout``), seeded.
+
+    Config:
+        rate: probability that an element is zeroed in training, in [0, 1) (0: the
+            identity).
+        seed: seed of the layer's mask generator, a non-negative int; the same seed
+            draws the same masks (None: a fresh, unseeded generator).
+    """
 
     name = "dropout"
     recomputable = False  # a training forward draws a fresh mask from the generator

@@ -13,7 +13,12 @@ from deltaprop.loss import Loss
 
 
 class Huber(Loss):
-    """mean of 0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta); d = pred - target."""
+    """mean of 0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta); d = pred - target.
+
+    Config:
+        delta: the error size where the loss turns from quadratic to linear, in the
+            prediction's units, > 0.
+    """
 
     name = "huber"
     examples = [{"config": {}, "shape": (3,)}, {"config": {"delta": 0.5}, "shape": (2, 3)}]

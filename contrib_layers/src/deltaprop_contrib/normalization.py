@@ -37,10 +37,15 @@ def _normalize_backward(g_hat: np.ndarray, xhat: np.ndarray, inv_std: np.ndarray
 class BatchNorm(Layer):
     """Normalise each feature over the batch (and every other non-feature axis).
 
-    ``axis`` is the feature axis counted in the full array, batch included: -1 for
-    (batch, features) and channels-last images, 1 for channels-first (batch, C, H, W).
     Running statistics follow PyTorch: ``running = (1 - momentum) * running +
-    momentum * batch_stat``, the variance unbiased.
+    momentum * batch_stat``, the variance unbiased; inference uses them.
+
+    Config:
+        axis: the feature axis, counted in the full array with the batch as axis 0 (so
+            never 0): -1 for (batch, features) and channels-last, 1 for channels-first.
+        momentum: weight of each training batch's statistics in the running ones, in
+            [0, 1] (0: they never move).
+        eps: added to the variance before its square root, > 0.
     """
 
     name = "batch_norm"
@@ -126,7 +131,13 @@ class BatchNorm(Layer):
 
 class LayerNorm(Layer):
     """Normalise each sample over its last axis (PyTorch's ``LayerNorm(features)``);
-    ``gamma`` and ``beta`` have shape (features,)."""
+    ``gamma`` and ``beta`` have shape (features,).
+
+    Config:
+        eps: added to the variance before its square root, > 0.
+        elementwise_affine: learn the scale ``gamma`` and shift ``beta`` (else the layer
+            has no parameters).
+    """
 
     name = "layer_norm"
     examples = [{"config": {}, "input_shapes": [(5,)]},

@@ -12,7 +12,17 @@ from deltaprop.optimizer import Optimizer
 
 class RMSprop(Optimizer):
     """v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps), optionally centred
-    (subtracting the running mean of g) and with momentum and weight decay."""
+    (subtracting the running mean of g) and with momentum and weight decay.
+
+    Config:
+        lr: learning rate, > 0.
+        alpha: decay of the running mean of squared gradients, in [0, 1].
+        eps: added to the denominator sqrt(v), for stability, > 0.
+        momentum: momentum factor, in [0, 1] (0: none).
+        centered: use v minus the square of the running mean of g (an estimate of the
+            gradient's variance) in place of v.
+        weight_decay: L2 penalty added to the gradient (wd * p), >= 0.
+    """
 
     name = "rmsprop"
 
