@@ -282,9 +282,12 @@ class Executor:
                 layer_failure(step.name, layer, "backward", exc)
                 raise
             del cache
-            check_gradients(step.name, layer, grad_ins, grad_params,
-                            [plan.slot_shapes[s] for s in step.in_slots],
-                            _batch_of(grad_outs), layer.params)
+            batch = _batch_of(grad_outs)
+            if (step.index, batch) not in plan.backward_checked:
+                check_gradients(step.name, layer, grad_ins, grad_params,
+                                [plan.slot_shapes[s] for s in step.in_slots], batch,
+                                layer.params)
+                plan.backward_checked.add((step.index, batch))
             if len(grad_ins) != len(step.in_slots):
                 raise GraphError(f"node {step.name!r}: layer {layer.name!r} returned "
                                  f"{len(grad_ins)} input gradients for {len(step.in_slots)} "
