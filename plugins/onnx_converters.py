@@ -165,6 +165,7 @@ def _sequence_op(ctx: ExportContext, cell: str, H: int, directions: list[str],
             inputs.append(parts[0] if n_dir == 1 else ctx.op("Concat", parts, axis=0))
         else:
             inputs.append("")
+    starts = inputs[5:]  # the initial h (and c), or "" for zeros
     while inputs and inputs[-1] == "":
         inputs.pop()
     attributes: dict[str, Any] = {"hidden_size": H,
@@ -173,7 +174,17 @@ def _sequence_op(ctx: ExportContext, cell: str, H: int, directions: list[str],
         attributes["activations"] = [activation.capitalize()] * n_dir
     if cell == "gru":
         attributes["linear_before_reset"] = 1
-    return ctx.op_outputs(ONNX_CELLS[cell], inputs, 1 + STATES[cell], **attributes)
+    values = ctx.op_outputs(ONNX_CELLS[cell], inputs, 1 + STATES[cell], **attributes)
+    if lengths is None:
+        return values
+    # a sequence of length 0 ends in its initial state; some ONNX Runtime releases leave
+    # that row of Y_h unwritten, so the graph says it explicitly
+    empty = ctx.unsqueeze(ctx.op("Equal", [lengths, ctx.constant(
+        np.zeros(1, np.int32), "no_steps")]), [0, 2])
+    finals = [ctx.op("Where", [empty, start or ctx.constant(np.zeros(1, W.dtype), "zeros"),
+                               final])
+              for start, final in zip(starts, values[1:])]
+    return (values[0], *finals)
 
 
 def _lengths(ctx: ExportContext) -> str:

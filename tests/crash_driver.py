@@ -17,11 +17,10 @@ import os
 import signal
 import sys
 
-import numpy as np
-
 import deltaprop.checkpoint
 from deltaprop.cli import main
 from deltaprop.optimizer import Optimizer
+from deltaprop.storage import npz
 
 SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
 
@@ -42,15 +41,15 @@ def interrupt_after_step(n: int, signum: int) -> None:
 def signal_during_save(n: int, signum: int) -> None:
     """Send ``signum`` when the n-th file is half written; if the process survives the
     signal (SIGTERM is handled), the write goes on to the end."""
-    original = np.savez
+    original = npz.write_members
     count = [0]
 
-    def savez(file, *args, **kwds):  # type: ignore[no-untyped-def]
+    def write_members(file, arrays):  # type: ignore[no-untyped-def]
         count[0] += 1
         if count[0] != n:
-            return original(file, *args, **kwds)
+            return original(file, arrays)
         buffer = io.BytesIO()
-        original(buffer, *args, **kwds)
+        original(buffer, arrays)
         data = buffer.getvalue()
         file.write(data[: len(data) // 2])
         file.flush()
@@ -59,7 +58,7 @@ def signal_during_save(n: int, signum: int) -> None:
         file.write(data[len(data) // 2:])
         return None
 
-    np.savez = savez  # type: ignore[assignment]
+    npz.write_members = write_members  # type: ignore[assignment]
 
 
 if __name__ == "__main__":
@@ -70,7 +69,7 @@ if __name__ == "__main__":
     if mode in SIGNALS:
         interrupt_after_step(n, SIGNALS[mode])
     elif mode in ("kill-in-save", "term-in-save"):
-        assert deltaprop.training.checkpoint.write_npz  # the writer goes through numpy.savez
+        assert deltaprop.training.checkpoint.write_npz  # which goes through write_members
         signal_during_save(n, signal.SIGKILL if mode == "kill-in-save" else signal.SIGTERM)
     elif mode != "none":
         raise SystemExit(f"unknown mode {mode!r}")

@@ -11,6 +11,7 @@ import pytest
 
 import deltaprop
 from deltaprop import ModelFileError, load, save
+from deltaprop.storage import npz
 from deltaprop.storage.model_format import PARAM_PREFIX
 from deltaprop.storage.npz import META, write_npz
 
@@ -47,7 +48,7 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, net, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "savez", explode)
+    monkeypatch.setattr(npz, "write_members", explode)
     with pytest.raises(ModelFileError, match="No space left"):
         save(net, path)
     assert path.read_bytes() == before

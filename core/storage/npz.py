@@ -13,7 +13,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -33,11 +33,21 @@ def write_npz(path: str | os.PathLike[str], meta: dict[str, Any],
                              f"model file may hold (a huge network name or config value?)")
     try:
         with atomic_write(path) as handle:
-            np.savez(handle, **{META: blob}, **arrays)  # type: ignore[arg-type]
+            write_members(handle, {META: blob, **arrays})
     except FileError as exc:
         raise ModelFileError(str(exc)) from None
     except OSError as exc:
         raise ModelFileError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def write_members(handle: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
+    """What ``np.savez`` writes (an uncompressed zip of ``.npy`` members), but with the
+    archive closed on failure too: numpy 1.26's savez leaves it to the garbage
+    collector, which retries the failed write and prints a second error."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 class NpzReader:
