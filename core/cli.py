@@ -345,8 +345,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = fitted_data(load_data(source), net, f"model {args.model!r}: {hint}")
     loss = (net.train_config or {}).get("loss", defaults.LOSS)
     metrics = net.evaluate(data.x_test, data.y_test, loss=loss)
-    for key, value in metrics.items():
-        print(f"test {key}: {value:.4f}")
+    for key in sorted(metrics, key=lambda k: k != "accuracy"):  # as train prints them
+        print(f"test {key}: {metrics[key]:.4f}")
     return 0
 
 
