@@ -235,48 +235,9 @@ def test_dense_on_inputs_of_any_rank():
         check_onnx_export(registry.get("layer", "dense"), [shape], units=2, use_bias=False)
 
 
-TRANSPOSE_REGISTERED = "transpose" in registry.names("layer")
-
-
-@pytest.mark.skipif(not TRANSPOSE_REGISTERED, reason="the transpose layer is not registered")
 def test_transpose():
     for axes, shape in [([2, 1], (3, 4)), ([3, 1, 2], (2, 3, 4)), ([1, 2], (3, 2))]:
         check_onnx_export(registry.get("layer", "transpose"), [shape], axes=axes)
-
-
-class PermuteStandIn(deltaprop.Layer):
-    """The transpose layer's contract (config ``axes``: a permutation of the non-batch
-    axes numbered from 1, as Keras' Permute), to check the converter before the layer
-    itself is registered."""
-
-    name = "transpose"
-
-    def __init__(self, axes, *, dtype="float32", label=None):
-        super().__init__(dtype=dtype, label=label)
-        self.axes = list(axes)
-
-    def build(self, input_shapes, rng=None):
-        return (tuple(input_shapes[0][a - 1] for a in self.axes),)
-
-    def forward(self, inputs, *, train):
-        return (inputs[0].transpose(0, *self.axes),), None
-
-
-@pytest.mark.skipif(TRANSPOSE_REGISTERED, reason="the transpose layer itself is tested")
-def test_transpose_converter_on_the_layer_contract(fresh_registry):
-    import types
-
-    from deltaprop.hookspecs import hookimpl
-
-    module = types.ModuleType("transpose_stand_in")
-    module.deltaprop_register_layers = hookimpl(lambda: [PermuteStandIn])
-    fresh_registry().register_plugin(module)
-    rng = np.random.default_rng(0)
-    for axes, shape in [([2, 1], (3, 4)), ([3, 1, 2], (2, 3, 4))]:
-        x = deltaprop.Input(shape, name="x")
-        net = deltaprop.Network(x, deltaprop.create("transpose", axes=axes)(x))
-        compare_with_onnxruntime(net, [[rng.standard_normal((b, *shape)).astype("float32")]
-                                       for b in BATCHES])
 
 
 def test_converters_are_listed_with_their_plugin(capsys):
