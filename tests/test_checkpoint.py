@@ -244,6 +244,27 @@ def test_fit_resumes_after_a_crash_in_process(tmp_path, optimizer):
     assert_bitwise_equal(net.params, reference)
 
 
+def test_a_resumed_run_has_the_whole_history_of_validation_figures(tmp_path):
+    net, x, y = small_problem()
+    settings = {"epochs": 3, "batch_size": 8, "seed": 0, "progress": False,
+                "validation": (x[:20], y[:20])}
+    whole = net.fit(x, y, **settings)
+
+    def stop_after_first(epoch, history):
+        if epoch == 0:
+            raise Crash
+
+    net, x, y = small_problem()
+    with pytest.raises(Crash):
+        net.fit(x, y, checkpoint=tmp_path, on_epoch_end=stop_after_first, **settings)
+    net, x, y = small_problem()
+    resumed = net.fit(x, y, checkpoint=tmp_path, resume=True, **settings)
+    assert resumed.val_metrics == whole.val_metrics
+    assert len(resumed.val_metrics) == 3 and {"loss", "accuracy"} <= set(whole.val_metrics[0])
+    assert (resumed.loss, resumed.val_loss, resumed.val_accuracy) == (
+        whole.loss, whole.val_loss, whole.val_accuracy)
+
+
 def test_resume_refuses_another_run(tmp_path):
     net, x, y = small_problem()
     net.fit(x, y, optimizer="adam", epochs=1, batch_size=8, seed=0, progress=False,

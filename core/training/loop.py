@@ -101,10 +101,30 @@ class History:
             self.val_accuracy.append(metrics["accuracy"])
 
 
+#: history keys of a checkpoint that hold one ``val_metrics`` figure per epoch
+METRIC_PREFIX = "val_metrics/"
+
+
 def history_lists(history: History) -> dict[str, list[float]]:
-    """The per-epoch figures a checkpoint keeps (copies)."""
-    return {"loss": list(history.loss), "val_loss": list(history.val_loss),
-            "val_accuracy": list(history.val_accuracy)}
+    """The per-epoch figures a checkpoint keeps (copies); each figure of ``val_metrics``
+    as a list of its own, so that the history stays lists of numbers."""
+    lists = {"loss": list(history.loss), "val_loss": list(history.val_loss),
+             "val_accuracy": list(history.val_accuracy)}
+    for name in history.val_metrics[0] if history.val_metrics else ():
+        lists[METRIC_PREFIX + name] = [m[name] for m in history.val_metrics]
+    return lists
+
+
+def restore_history(history: History, lists: dict[str, list[float]]) -> None:
+    """Put back what ``history_lists`` kept."""
+    history.loss = list(lists.get("loss", []))
+    history.val_loss = list(lists.get("val_loss", []))
+    history.val_accuracy = list(lists.get("val_accuracy", []))
+    figures = {k[len(METRIC_PREFIX):]: v for k, v in lists.items()
+               if k.startswith(METRIC_PREFIX)}
+    epochs = min((len(v) for v in figures.values()), default=0)
+    history.val_metrics = [{name: values[i] for name, values in figures.items()}
+                           for i in range(epochs)]
 
 
 def _count(value: Any, what: str, low: int) -> int:
@@ -193,9 +213,7 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = defaults.LOSS,
             restored = saver.resume(rng, n, steps_per_epoch, epochs) if resume else None
             if restored is not None:
                 pos = restored
-                history.loss = list(pos.history.get("loss", []))
-                history.val_loss = list(pos.history.get("val_loss", []))
-                history.val_accuracy = list(pos.history.get("val_accuracy", []))
+                restore_history(history, pos.history)
             else:
                 saver.save(pos, rng)  # a last good state exists from the start
         except BaseException:
