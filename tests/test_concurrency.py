@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from helpers_registry import layer_examples
 
 import deltaprop
 from deltaprop.testing import make_layer
@@ -80,15 +81,9 @@ def test_threads_predict_like_serial_calls():
         assert np.array_equal(s, t)
 
 
-def _layer_cases():
-    registry = deltaprop.get_registry()
-    for name in registry.names("layer"):
-        cls = registry.get("layer", name)
-        for i, example in enumerate(cls.examples):
-            yield pytest.param(cls, example, id=f"{name}-{i}")
 
 
-@pytest.mark.parametrize(("layer_class", "example"), list(_layer_cases()))
+@pytest.mark.parametrize(("layer_class", "example"), layer_examples())
 def test_every_layer_is_safe_to_share_between_threads(layer_class, example):
     layer = make_layer(layer_class, example["input_shapes"], **example["config"])
     rng = np.random.default_rng(0)

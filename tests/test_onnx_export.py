@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_registry import layer_examples
 
 import deltaprop
 from deltaprop.export import DEFAULT_OPSET, ExportError
@@ -32,14 +33,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPECS = sorted(p for p in EXAMPLES.glob("*") if p.suffix in (".toml", ".json"))
 
 
-def _layer_cases():
-    for name in registry.names("layer"):
-        cls = registry.get("layer", name)
-        for i, example in enumerate(cls.examples):
-            yield pytest.param(cls, example, id=f"{name}-{i}")
 
 
-@pytest.mark.parametrize(("layer_class", "example"), list(_layer_cases()))
+@pytest.mark.parametrize(("layer_class", "example"), layer_examples())
 def test_every_layer_example_runs_the_same_in_onnxruntime(layer_class, example):
     error = check_onnx_export(layer_class, example["input_shapes"], **example["config"])
     assert error <= RTOL
