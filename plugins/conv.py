@@ -459,9 +459,28 @@ def fft_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, geo: Geometr
     full = _irfft(Y, size, geo.sh * (geo.Ho - 1) + 1)     # (rows, L2, N, F)
     y = full[::geo.sh, :geo.sw * (geo.Wo - 1) + 1:geo.sw]
     y = y.astype(x.dtype, copy=False)
+    y[empty_windows(xp, geo)] = 0  # exactly, as the direct path: see empty_windows
     if b is not None:
         y += b  # (y is a view of the inverse transform's own result)
     return y.transpose(2, 3, 0, 1), ((X, Wf, n) if keep else None)
+
+
+def empty_windows(xp: np.ndarray, geo: Geometry) -> np.ndarray:
+    """(Ho, Wo, N): outputs whose window of the padded input ``xp`` (Hp, Wp, N, C) is all
+    zeros, in every channel. Their exact value is 0 (before the bias) and the direct path
+    computes exactly that, but the transforms leave rounding noise: a ReLU after them
+    would let noise through where its exact derivative is 0 (zero-padded borders, a
+    blank background), and training would drift from the direct path and PyTorch."""
+    data = xp.any(axis=3)                                # (Hp, Wp, N)
+    rows = np.zeros((geo.Ho, geo.Wp, xp.shape[2]), dtype=bool)
+    for i in range(geo.kh):
+        start = i * geo.dh
+        rows |= data[start:start + geo.sh * (geo.Ho - 1) + 1:geo.sh]
+    window = np.zeros((geo.Ho, geo.Wo, xp.shape[2]), dtype=bool)
+    for j in range(geo.kw):
+        start = j * geo.dw
+        window |= rows[:, start:start + geo.sw * (geo.Wo - 1) + 1:geo.sw]
+    return ~window
 
 
 def fft_backward(cache: Any, g: np.ndarray, geo: Geometry, need_x: bool, use_bias: bool,
