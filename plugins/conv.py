@@ -471,7 +471,7 @@ def empty_windows(xp: np.ndarray, geo: Geometry) -> np.ndarray:
     computes exactly that, but the transforms leave rounding noise: a ReLU after them
     would let noise through where its exact derivative is 0 (zero-padded borders, a
     blank background), and training would drift from the direct path and PyTorch."""
-    data: np.ndarray = xp.any(axis=3)                    # (Hp, Wp, N)
+    data = np.asarray(xp.any(axis=3))                    # (Hp, Wp, N)
     rows = np.zeros((geo.Ho, geo.Wp, xp.shape[2]), dtype=bool)
     for i in range(geo.kh):
         start = i * geo.dh
