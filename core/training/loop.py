@@ -191,11 +191,13 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = defaults.LOSS,
     if n == 0:
         raise DataError("training data is empty")
     mpi = as_distributed(distributed)
+    # a hash of every sample: taken once, and only when ranks or a checkpoint compare it
+    digest = data_digest(xs, ys) if mpi is not None or checkpoint is not None else None
     reducer: Reducer = Reducer()
     if mpi is not None:
         batch_size, seed, progress = mpi.prepare(graph, opt, batch_size=batch_size,
                                                  seed=seed, progress=progress, n_samples=n,
-                                                 data_digest=data_digest(xs, ys))
+                                                 data_digest=digest)
         reducer = mpi.reducer()
     rng = np.random.default_rng(seed)
     history = History()
@@ -203,8 +205,9 @@ def fit(graph: Graph, x: Any, y: Any, *, loss: LossSpec = defaults.LOSS,
     pos = Position()
     saver: Any = None
     if checkpoint is not None:
+        assert digest is not None  # taken above whenever there is a checkpoint
         identity = run_identity(graph, opt, losses, batch_size=batch_size, seed=seed,
-                                shuffle=shuffle, digest=data_digest(xs, ys))
+                                shuffle=shuffle, digest=digest)
         saver = Checkpointer(checkpoint, graph, opt, identity, every=checkpoint_every)
         if mpi is not None:
             saver = mpi.root_only(saver)
