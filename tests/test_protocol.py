@@ -416,6 +416,19 @@ def relu_net(layer_class, *, seed: int = 0, **options) -> dp.Network:
     return dp.Network(x, y, **options)
 
 
+def assert_same_step(net: dp.Network, reference: dp.Network, x: np.ndarray, *,
+                     grad_rtol: float = 1e-12) -> None:
+    """A training forward and a backward of ones give ``reference``'s outputs (rtol
+    1e-12) and parameter gradients."""
+    (y,) = net.forward(x, train=True)
+    net.backward(np.ones_like(y))
+    (y_ref,) = reference.forward(x, train=True)
+    reference.backward(np.ones_like(y_ref))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    for k in net.grads:
+        np.testing.assert_allclose(net.grads[k], reference.grads[k], rtol=grad_rtol)
+
+
 def test_a_fusable_layer_is_fused_with_the_relu_after_it():
     net = relu_net(Linear)
     assert [s.name for s in net.plan] == ["lin+act", "out"]
@@ -427,15 +440,7 @@ def test_a_layer_with_fusable_false_is_not_fused_with_the_relu_after_it(rng):
     net = relu_net(Unfusable)
     assert [s.name for s in net.plan] == ["lin", "act", "out"]
     assert not any(isinstance(s.layer, FusedActivation) for s in net.plan)
-    x = rng.standard_normal((5, 4))
-    (y,) = net.forward(x, train=True)
-    net.backward(np.ones_like(y))
-    reference = relu_net(Linear)
-    (y_ref,) = reference.forward(x, train=True)
-    reference.backward(np.ones_like(y_ref))
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
-    for k in net.grads:
-        np.testing.assert_allclose(net.grads[k], reference.grads[k], rtol=1e-12)
+    assert_same_step(net, relu_net(Linear), rng.standard_normal((5, 4)))
 
 
 def test_a_layer_brings_its_own_fused_form(rng):
@@ -443,16 +448,8 @@ def test_a_layer_brings_its_own_fused_form(rng):
     assert [s.name for s in net.plan] == ["lin+act", "out"]
     fused = net.plan[0].layer
     assert isinstance(fused, OwnFused)
-    x = rng.standard_normal((5, 4))
-    (y,) = net.forward(x, train=True)
-    net.backward(np.ones_like(y))
+    assert_same_step(net, relu_net(Linear), rng.standard_normal((5, 4)))
     assert fused.calls == 1
-    reference = relu_net(Linear)
-    (y_ref,) = reference.forward(x, train=True)
-    reference.backward(np.ones_like(y_ref))
-    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
-    for k in net.grads:
-        np.testing.assert_allclose(net.grads[k], reference.grads[k], rtol=1e-12)
 
 
 def test_a_non_elementwise_layer_is_never_fused_into_its_producer():
@@ -712,14 +709,7 @@ def test_a_third_party_activation_fuses_when_it_declares_how(rng, activation, fu
     unfused = dp.Network(x, y, fuse=False)
     names = [s.name for s in net.plan]
     assert names == (["lin+act", "out"] if fused else ["lin", "act", "out"])
-    xs = rng.standard_normal((5, 4))
-    (a,) = net.forward(xs, train=True)
-    net.backward(np.ones_like(a))
-    (b,) = unfused.forward(xs, train=True)
-    unfused.backward(np.ones_like(b))
-    np.testing.assert_allclose(a, b, rtol=1e-12)
-    for k in net.grads:
-        np.testing.assert_allclose(net.grads[k], unfused.grads[k], rtol=1e-10)
+    assert_same_step(net, unfused, rng.standard_normal((5, 4)), grad_rtol=1e-10)
 
 
 # -- state carried by protocol -----------------------------------------------------------------
