@@ -92,8 +92,8 @@ class Plan(Sequence[Step]):
         #: input shapes -> (bytes each step caches, total): counted once, then reused
         self.layouts: dict[Any, tuple[list[int], int]] = {}
         #: (step index, batch size) whose backward result had the right structure and
-        #: shapes once: a layer's gradient shapes follow from its inputs', so checking
-        #: every step of every call would cost a training step several percent
+        #: shapes once: a layer's gradient shapes follow from its inputs', so the check
+        #: stays off the training step's hot path (docs/performance.md)
         self.backward_checked: set[tuple[int, int]] = set()
         self._loss_fusions: dict[tuple[int, int], tuple[Loss, passes.LossFusion]] = {}
 

@@ -198,7 +198,8 @@ def panel_html(node: dict[str, Any], index: int) -> str:
         out.append('<div class="hists">' + "".join(hists) + "</div>")
     out.append("<h3>backward rule</h3>" + (
         f'<div class="rule">{escape(node["rule"])}</div>' if node["rule"]
-        else "<p>this layer does not describe its rule; the numbers above are measured</p>"))
+        else "<p>this layer does not describe its rule; the numbers above are recorded "
+             "all the same</p>"))
     out.append("</section>")
     return "\n".join(out)
 
